@@ -1,0 +1,29 @@
+# pyro_nfvi: `make demo` and `make test` work on a fresh machine with no other step.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned: 2.13.0 is a CPU wheel on disk; an unpinned torch pulls gigabytes of CUDA.
+TORCH := torch==2.13.0
+
+.PHONY: demo test install clean bench
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]" $(TORCH)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m pyro_nfvi.cli demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/svi_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,33 @@
+"""Flow transforms: planar, radial, Householder, IAF, Sylvester and affine coupling.
+
+Each family is one :class:`~pyro_nfvi.transforms.base.FlowModule` (a Pyro ``TransformModule``)
+that owns its parameters (``context_dim=0``) or predicts them per data point from a context
+(``context_dim > 0``; call ``.condition(context)``).  :func:`flow` builds a stack of any family.
+"""
+from .base import ConditionedFlow, FlowModule, FlowTransform, Hypernet
+from .coupling import AffineCoupling
+from .householder import Householder
+from .iaf import IAF
+from .planar import Planar, planar_uhat
+from .radial import Radial, radial_beta
+from .stack import FAMILIES, FlowStack, Permute, flow
+from .sylvester import Sylvester
+
+__all__ = [
+    "AffineCoupling",
+    "ConditionedFlow",
+    "FAMILIES",
+    "FlowModule",
+    "FlowStack",
+    "FlowTransform",
+    "Householder",
+    "Hypernet",
+    "IAF",
+    "Permute",
+    "Planar",
+    "Radial",
+    "Sylvester",
+    "flow",
+    "planar_uhat",
+    "radial_beta",
+]

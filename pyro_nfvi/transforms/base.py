@@ -1,0 +1,272 @@
+"""Base classes shared by every flow family.
+
+Every flow in :mod:`pyro_nfvi.transforms` is a bijection ``y = f(x)`` on ``R^D`` with ``event_dim = 1``:
+inputs have shape ``batch_shape + (D,)`` and ``log|det df/dx|`` has shape ``batch_shape``.  This
+module states that once and implements the parts that are the same for every family:
+
+* :class:`FlowTransform` -- a :class:`torch.distributions.Transform` whose single primitive
+  :meth:`~FlowTransform.forward_and_log_det` computes ``y`` and ``log|det J|`` together.  Caching of
+  ``(x, y, log|det J|)`` lives here and nowhere else, so ``TransformedDistribution.log_prob`` on a
+  value the flow just sampled costs no extra pass, while any other value goes through the family's
+  true inverse.
+* :class:`FlowModule` -- the base of every family (``Planar``, ``Radial``, ...).  A family splits
+  its maths from its parameters: ``_forward(x, params)`` / ``_inverse(y, params)`` take the
+  parameters as tensors, so they can be owned by the module (``context_dim=0``) or predicted per
+  data point by a hypernetwork from a context (``context_dim > 0``, see :meth:`FlowModule.condition`).
+* :class:`Hypernet` -- a context network whose last layer is zero-initialised with its bias set to
+  the family's identity parameters, so every amortized flow starts as the identity.
+* :class:`ConditionedFlow` -- the transform returned by ``condition(context)``.
+"""
+import math
+
+import torch
+from pyro.distributions.conditional import ConditionalTransform
+from pyro.distributions.torch_transform import TransformModule
+from torch import nn
+from torch.distributions import Transform, constraints
+
+__all__ = ["FlowTransform", "FlowModule", "ConditionedFlow", "Hypernet", "check_dim"]
+
+
+def check_dim(name, value, minimum=1):
+    """Return ``value`` as an ``int`` or raise a ``ValueError`` that names the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class FlowTransform(Transform):
+    """A bijection ``R^D -> R^D`` (``event_dim=1``) whose primitive returns ``(y, log|det J|)``.
+
+    Subclasses implement :meth:`forward_and_log_det` and, where the inverse exists,
+    :meth:`inverse_and_log_det` (which returns ``x`` and the log-det of the *forward* map at ``x``).
+    The base class caches the last ``(x, y, log|det J|)`` triple, keyed by tensor identity, and
+    checks the event size of every input.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, dim, cache_size=1):
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
+        super().__init__(cache_size=cache_size)
+        self.dim = check_dim("dim", dim)
+        self._cache = None
+
+    # -- the primitive ------------------------------------------------------------------------
+    def forward_and_log_det(self, x):
+        """Return ``(y, log|det df/dx|)`` with shapes ``(..., D)`` and ``(...)``."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, y):
+        """Return ``(x, log|det df/dx|)`` with ``f(x) = y``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
+
+    # -- caching, in one place ------------------------------------------------------------------
+    def _stamp(self):
+        """A value that changes whenever the parameters change in place (modules override)."""
+        return None
+
+    def _check(self, value, what):
+        if not torch.is_tensor(value):
+            raise TypeError(f"{type(self).__name__} expects a tensor {what}, got {type(value).__name__}")
+        if value.dim() == 0 or value.shape[-1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} has event shape ({self.dim},) but got {what} of shape "
+                f"{tuple(value.shape)}"
+            )
+
+    def __call__(self, x):
+        cache = self._cache
+        if cache is not None and cache[0] is x and cache[3] == self._stamp():
+            return cache[1]
+        self._check(x, "input")
+        y, ladj = self.forward_and_log_det(x)
+        if self._cache_size:
+            self._cache = (x, y, ladj, self._stamp())
+        return y
+
+    def _inv_call(self, y):
+        cache = self._cache
+        if cache is not None and cache[1] is y and cache[3] == self._stamp():
+            return cache[0]
+        self._check(y, "value")
+        x, ladj = self.inverse_and_log_det(y)
+        if self._cache_size:
+            self._cache = (x, y, ladj, self._stamp())
+        return x
+
+    def log_abs_det_jacobian(self, x, y):
+        cache = self._cache
+        if cache is not None and cache[0] is x and cache[1] is y and cache[3] == self._stamp():
+            return cache[2]
+        self._check(x, "input")
+        return self.forward_and_log_det(x)[1]
+
+    def clear_cache(self):
+        self._cache = None
+
+    def with_cache(self, cache_size=1):
+        if cache_size == self._cache_size:
+            return self
+        raise NotImplementedError(f"{type(self).__name__}.with_cache({cache_size}) is not supported")
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_cache"] = None
+        return state
+
+
+class Hypernet(nn.Module):
+    """Maps a context ``(..., context_dim)`` to named parameter tensors ``(..., *shape)``.
+
+    An optional hidden MLP (``hidden``, ELU activations) is followed by a linear layer whose weight
+    is zero-initialised and whose bias is the flattened ``init`` values, so the predicted parameters
+    start at ``init`` for every context (Rezende & Mohamed 2015 amortize the flow this way).
+
+    Example:
+        >>> net = Hypernet(3, {"a": (2,), "b": ()}, {"a": torch.ones(2), "b": torch.zeros(())})
+        >>> out = net(torch.randn(5, 3))
+        >>> out["a"].shape, out["b"].shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    def __init__(self, context_dim, shapes, init, hidden=()):
+        super().__init__()
+        self.context_dim = check_dim("context_dim", context_dim)
+        self.names = list(shapes)
+        self.shapes = [tuple(shapes[n]) for n in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        layers, width = [], context_dim
+        for h in hidden:
+            layers += [nn.Linear(width, check_dim("hidden", h)), nn.ELU()]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(width, sum(self.sizes))
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.cat([init[n].reshape(-1) for n in self.names]))
+
+    def forward(self, context):
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"context must have shape (..., {self.context_dim}), got {tuple(context.shape)}"
+            )
+        flat = self.head(self.trunk(context))
+        batch = flat.shape[:-1]
+        out = {}
+        for name, shape, chunk in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1)):
+            out[name] = chunk.reshape(batch + shape)
+        return out
+
+
+class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
+    """Base class of every flow family: owns its parameters or predicts them from a context.
+
+    A family subclass defines
+
+    * ``param_shapes()`` -- ``{name: shape}`` of its raw (unconstrained) per-sample parameters,
+    * ``init_params()`` -- raw values at which the flow is the identity (or as close as the family
+      allows), used for owned parameters and as the hypernetwork's bias,
+    * ``constrain(raw)`` -- maps raw parameters to the ones the maths uses (e.g. planar u-hat),
+    * ``_forward(x, p)`` -> ``(y, log|det J|)`` and ``_inverse(y, p)`` -> ``(x, log|det J|)``.
+
+    Families whose parameters are not a plain tensor dict (IAF, coupling: a conditioner network that
+    reads the context) override :meth:`params` instead.
+
+    With ``context_dim=0`` the module is itself the transform.  With ``context_dim > 0`` call
+    :meth:`condition` with a context of shape ``(..., context_dim)`` to get a
+    :class:`ConditionedFlow` whose parameters have that batch shape.
+    """
+
+    def __init__(self, dim, context_dim=0, cache_size=1):
+        super().__init__(dim, cache_size=cache_size)
+        self.context_dim = check_dim("context_dim", context_dim, minimum=0)
+        self._param_list = []
+
+    # -- hooks for families -----------------------------------------------------------------------
+    def param_shapes(self):
+        return {}
+
+    def init_params(self):
+        return {}
+
+    def constrain(self, raw):
+        return raw
+
+    def _forward(self, x, p):
+        raise NotImplementedError
+
+    def _inverse(self, y, p):
+        raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def _build_params(self, hidden=()):
+        """Create owned parameters or the hypernetwork; families call this at the end of __init__."""
+        shapes, init = self.param_shapes(), self.init_params()
+        for name, shape in shapes.items():
+            if tuple(init[name].shape) != tuple(shape):
+                raise ValueError(f"init_params()[{name!r}] has shape {tuple(init[name].shape)}, expected {shape}")
+        if self.context_dim:
+            self.hypernet = Hypernet(self.context_dim, shapes, init, hidden)
+        else:
+            for name in shapes:
+                setattr(self, name, nn.Parameter(init[name]))
+
+    def _stamp(self):
+        if self.context_dim:
+            return None
+        return tuple(p._version for p in self.parameters())
+
+    def raw_params(self, context=None):
+        if self.context_dim:
+            if context is None:
+                raise ValueError(
+                    f"{type(self).__name__} was built with context_dim={self.context_dim}: call "
+                    f".condition(context) with a context of shape (..., {self.context_dim})"
+                )
+            return self.hypernet(context)
+        if context is not None:
+            raise ValueError(f"{type(self).__name__} was built with context_dim=0 and takes no context")
+        return {name: getattr(self, name) for name in self.param_shapes()}
+
+    def params(self, context=None):
+        """The constrained parameters used by the maths, for the given context (if amortized)."""
+        return self.constrain(self.raw_params(context))
+
+    # -- transform --------------------------------------------------------------------------------
+    def forward_and_log_det(self, x):
+        return self._forward(x, self.params())
+
+    def inverse_and_log_det(self, y):
+        return self._inverse(y, self.params())
+
+    def condition(self, context):
+        """Return the transform with parameters computed from ``context`` (shape ``(..., context_dim)``)."""
+        return ConditionedFlow(self, self.params(context))
+
+    def extra_repr(self):
+        return f"dim={self.dim}, context_dim={self.context_dim}"
+
+    def __hash__(self):
+        return TransformModule.__hash__(self)
+
+
+class ConditionedFlow(FlowTransform):
+    """A flow family's maths bound to parameter tensors (e.g. predicted per data point)."""
+
+    def __init__(self, module, params, cache_size=1):
+        super().__init__(module.dim, cache_size=cache_size)
+        self.module = module
+        self.params = params
+
+    def forward_and_log_det(self, x):
+        return self.module._forward(x, self.params)
+
+    def inverse_and_log_det(self, y):
+        return self.module._inverse(y, self.params)
+
+    def __repr__(self):
+        return f"ConditionedFlow({type(self.module).__name__}, dim={self.dim})"

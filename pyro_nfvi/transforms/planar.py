@@ -1,0 +1,145 @@
+"""Planar flow (Rezende & Mohamed 2015), with a log-space log-det and a true inverse."""
+import math
+
+import torch
+
+from .base import FlowModule
+
+__all__ = ["Planar", "planar_uhat", "planar_log_det", "log_softplus", "PLANAR_SHIFT"]
+
+#: ``log(e - 1)``: shifts the softplus in :func:`planar_uhat` so that ``u = 0`` maps to ``u-hat = 0``.
+PLANAR_SHIFT = math.log(math.e - 1.0)
+_LOG2 = math.log(2.0)
+
+
+def log_softplus(x):
+    """``log(softplus(x))``, finite for every finite ``x`` (``~ x`` for ``x << 0``)."""
+    safe = torch.clamp(x, min=-15.0)
+    return torch.where(x > -15.0, torch.log(torch.nn.functional.softplus(safe)), x)
+
+
+def planar_uhat(u, w):
+    """Invertibility constraint of the planar flow: ``u-hat = u + (m(w.u) - w.u) w / |w|^2``.
+
+    ``m(a) = softplus(a + log(e-1)) - 1 > -1``, so ``w . u-hat = m(w.u) > -1`` and the map
+    ``z + u-hat tanh(w.z + b)`` is invertible (Rezende & Mohamed 2015, appendix A).  The shift makes
+    ``m(0) = 0`` so that ``u = 0`` gives ``u-hat = 0`` (the identity).  At ``w = 0`` the correction
+    vanishes and ``u-hat = u`` (the flow is then a translation), with no division by zero.
+
+    Returns ``(u_hat, wu)`` where ``wu = w . u`` is what the log-det needs.
+
+    Example:
+        >>> u, w = torch.tensor([-3.0, 0.0]), torch.tensor([1.0, 0.0])
+        >>> uhat, wu = planar_uhat(u, w)
+        >>> bool((uhat * w).sum() > -1)
+        True
+    """
+    wu = (w * u).sum(-1, keepdim=True)
+    w2 = (w * w).sum(-1, keepdim=True)
+    m = torch.nn.functional.softplus(wu + PLANAR_SHIFT) - 1.0
+    nonzero = w2 > 0
+    coef = torch.where(nonzero, (m - wu) / torch.where(nonzero, w2, torch.ones_like(w2)), torch.zeros_like(w2))
+    return u + coef * w, wu.squeeze(-1)
+
+
+def planar_log_det(a, wu):
+    """``log(1 + (1 - tanh(a)^2) w.u-hat)`` computed in log space.
+
+    With ``w.u-hat = softplus(wu + log(e-1)) - 1`` this equals
+    ``log sech^2(a) + log(sinh^2(a) + softplus(wu + log(e-1)))``, which stays finite and exact when
+    ``w.u << 0`` (``w.u-hat -> -1``) and when ``a = 0``.
+    """
+    abs_a = a.abs()
+    pos = abs_a > 0
+    safe = torch.where(pos, abs_a, torch.ones_like(abs_a))
+    log_sinh = safe - _LOG2 + torch.log(-torch.expm1(-2.0 * safe))
+    log_sinh2 = torch.where(pos, 2.0 * log_sinh, torch.full_like(abs_a, -math.inf))
+    log_sech2 = 2.0 * (_LOG2 - abs_a - torch.nn.functional.softplus(-2.0 * abs_a))
+    return log_sech2 + torch.logaddexp(log_sinh2, log_softplus(wu + PLANAR_SHIFT))
+
+
+class Planar(FlowModule):
+    r"""Planar flow :math:`f(z) = z + \hat u \tanh(w^\top z + b)` with
+    :math:`\log|\det J| = \log|1 + (1 - \tanh^2(w^\top z + b))\, w^\top \hat u|`.
+
+    Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
+
+    The constraint :func:`planar_uhat` keeps the map invertible for any raw ``u, w``; the log-det is
+    computed in log space (:func:`planar_log_det`).  The inverse solves the monotone scalar equation
+    :math:`\alpha + w^\top\hat u \tanh(\alpha + b) = w^\top y` for :math:`\alpha = w^\top z` by
+    safeguarded bisection plus Newton steps, so ``log_prob`` works on any value, not only on cached
+    samples; its gradient follows from the implicit function theorem.
+
+    Args:
+        dim (int): event size ``D``.
+        context_dim (int): 0 for owned parameters; ``> 0`` to predict ``u, w, b`` from a context.
+        hidden (tuple): hidden sizes of the hypernetwork (amortized only; ``()`` is a linear map).
+        cache_size (int): 0 or 1.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> flow = Planar(2)
+        >>> q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), [flow])
+        >>> q.log_prob(torch.tensor([[0.5, -1.0]])).shape
+        torch.Size([1])
+        >>> amortized = Planar(2, context_dim=4)
+        >>> amortized.condition(torch.randn(8, 4))(torch.randn(8, 2)).shape
+        torch.Size([8, 2])
+    """
+
+    def __init__(self, dim, context_dim=0, hidden=(), cache_size=1):
+        super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
+        self._build_params(hidden)
+
+    def param_shapes(self):
+        return {"u": (self.dim,), "w": (self.dim,), "b": ()}
+
+    def init_params(self):
+        # u = 0 gives the identity; a random w keeps the gradient w.r.t. u non-zero at the start.
+        return {
+            "u": torch.zeros(self.dim),
+            "w": torch.randn(self.dim) / math.sqrt(self.dim),
+            "b": torch.zeros(()),
+        }
+
+    def constrain(self, raw):
+        uhat, wu = planar_uhat(raw["u"], raw["w"])
+        return {"u": uhat, "w": raw["w"], "b": raw["b"], "wu": wu}
+
+    def _forward(self, x, p):
+        a = (x * p["w"]).sum(-1) + p["b"]
+        y = x + p["u"] * torch.tanh(a).unsqueeze(-1)
+        return y, planar_log_det(a, p["wu"])
+
+    def _inverse(self, y, p):
+        w, b, uhat = p["w"], p["b"], p["u"]
+        wy = (w * y).sum(-1)
+        uw = (uhat * w).sum(-1)
+        with torch.no_grad():
+            alpha = _solve_monotone(wy.detach(), uw.detach(), b.detach() if torch.is_tensor(b) else b)
+        # one Newton step with gradients attached: exact value, implicit-function gradient
+        t = torch.tanh(alpha + b)
+        g = alpha + uw * t - wy
+        dg = 1.0 + uw * (1.0 - t * t)
+        alpha = alpha - g / dg
+        x = y - uhat * torch.tanh(alpha + b).unsqueeze(-1)
+        return x, planar_log_det(alpha + b, p["wu"])
+
+
+def _solve_monotone(wy, uw, b, iters=200):
+    """Solve ``alpha + uw * tanh(alpha + b) = wy`` (``uw > -1``) by bisection then Newton."""
+    wy, uw, b = torch.broadcast_tensors(wy, uw, torch.as_tensor(b, dtype=wy.dtype, device=wy.device))
+    span = uw.abs()
+    lo, hi = wy - span, wy + span
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        above = mid + uw * torch.tanh(mid + b) > wy
+        hi = torch.where(above, mid, hi)
+        lo = torch.where(above, lo, mid)
+        if bool(((hi - lo) <= 4 * torch.finfo(wy.dtype).eps * (1.0 + mid.abs())).all()):
+            break
+    alpha = 0.5 * (lo + hi)
+    for _ in range(2):
+        t = torch.tanh(alpha + b)
+        alpha = alpha - (alpha + uw * t - wy) / (1.0 + uw * (1.0 - t * t))
+    return alpha
