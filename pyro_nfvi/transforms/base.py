@@ -243,9 +243,17 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
     def inverse_and_log_det(self, y):
         return self._inverse(y, self.params())
 
+    def bind(self, raw):
+        """Return the transform with the given raw parameters (as produced by :meth:`raw_params`).
+
+        This is how an encoder that outputs every flow parameter per data point uses the family's
+        maths, and how per-point parameters are refined as free tensors.
+        """
+        return ConditionedFlow(self, self.constrain(raw))
+
     def condition(self, context):
         """Return the transform with parameters computed from ``context`` (shape ``(..., context_dim)``)."""
-        return ConditionedFlow(self, self.params(context))
+        return self.bind(self.raw_params(context))
 
     def extra_repr(self):
         return f"dim={self.dim}, context_dim={self.context_dim}"

@@ -108,18 +108,34 @@ class FlowStack(FlowTransform, nn.Module):
             total = total + ladj
         return y, total
 
-    def condition(self, context):
-        """Bind every amortized layer to ``context``; owned-parameter layers are used as they are."""
-        bound, previous = [], None
+    def raw_params(self, context):
+        """Per-layer raw parameters for ``context``: a list with ``None`` for owned-parameter layers.
+
+        A chained layer (amortized Householder after the first) reads the previous layer's raw
+        ``"v"`` as its context.
+        """
+        raws, previous = [], None
         for layer in self.layers:
             if getattr(layer, "chained", False):
-                bound.append(layer.condition(previous.params["v"]))
+                raw = layer.raw_params(previous["v"])
             elif getattr(layer, "context_dim", 0):
-                bound.append(layer.condition(context))
+                raw = layer.raw_params(context)
             else:
-                bound.append(layer)
-            previous = bound[-1]
+                raw = None
+            raws.append(raw)
+            previous = raw
+        return raws
+
+    def bind(self, raws):
+        """The stack's transform with per-layer raw parameters ``raws`` (see :meth:`raw_params`)."""
+        if len(raws) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} raw parameter entries, got {len(raws)}")
+        bound = [layer if raw is None else layer.bind(raw) for layer, raw in zip(self.layers, raws)]
         return _BoundStack(bound, self.dim)
+
+    def condition(self, context):
+        """Bind every amortized layer to ``context``; owned-parameter layers are used as they are."""
+        return self.bind(self.raw_params(context))
 
     def __len__(self):
         return len(self.layers)
