@@ -1,9 +1,11 @@
 """Stacks of flow layers: :class:`FlowStack`, :class:`Permute` and the :func:`flow` factory."""
 import torch
+from pyro.distributions.conditional import ConditionalTransform
 from torch import nn
 
 from .base import FlowModule, FlowTransform, check_dim
 from .coupling import AffineCoupling
+from .fused import forward_layers
 from .householder import Householder
 from .iaf import IAF
 from .planar import Planar
@@ -56,7 +58,7 @@ class Permute(FlowModule):
         return self
 
 
-class FlowStack(FlowTransform, nn.Module):
+class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
     """Composition ``f_K o ... o f_1`` of flow layers; ``log|det J|`` is the sum over layers.
 
     Works like one transform: in a ``TransformedDistribution`` it caches ``(x, y, log|det J|)`` of
@@ -95,11 +97,8 @@ class FlowStack(FlowTransform, nn.Module):
         return tuple(layer._stamp() for layer in self.layers)
 
     def forward_and_log_det(self, x):
-        total = x.new_zeros(x.shape[:-1])
-        for layer in self.layers:
-            x, ladj = layer.forward_and_log_det(x)
-            total = total + ladj
-        return x, total
+        # runs of >= 2 consecutive planar layers go through one fused autograd node (fused.py)
+        return forward_layers(self.layers, x)
 
     def inverse_and_log_det(self, y):
         total = y.new_zeros(y.shape[:-1])
@@ -155,6 +154,9 @@ class _BoundStack(FlowTransform):
         super().__init__(dim)
         self.layers = layers
 
+    def _stamp(self):
+        return tuple(layer._stamp() for layer in self.layers)
+
     forward_and_log_det = FlowStack.forward_and_log_det
     inverse_and_log_det = FlowStack.inverse_and_log_det
 
@@ -196,6 +198,8 @@ def flow(kind, dim, num_flows, context_dim=0, **opts):
             layers.append(IAF(dim, context_dim=context_dim, **opts))
         elif kind == "coupling":
             layers.append(AffineCoupling(dim, context_dim=context_dim, parity=i % 2, **opts))
+        elif kind == "sylvester":
+            layers.append(Sylvester(dim, context_dim=context_dim, reverse=bool(i % 2), **opts))
         elif kind == "householder" and context_dim and i > 0:
             layers.append(Householder(dim, context_dim=dim, chained=True))
         else:
