@@ -1,0 +1,67 @@
+"""Tests of the ``nfvi`` command line."""
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pyro_nfvi.cli import build_parser, main
+
+
+def _value(label, text):
+    match = re.search(rf"^{re.escape(label)}\s*:\s*(\S+)", text, flags=re.M)
+    assert match, f"no {label!r} line in:\n{text}"
+    return float(match.group(1))
+
+
+def test_demo_tiny(capsys):
+    assert main(["demo", "--steps", "50", "--samples", "16", "--num-flows", "2",
+                 "--eval-samples", "2000", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    bound, log_z = _value("fitted bound", out), _value("log Z (grid)", out)
+    assert math.isfinite(bound)
+    assert log_z == pytest.approx(1.8775, abs=1e-4)
+    assert _value("gap = log Z - bound (estimate of KL(q||p))", out) == pytest.approx(log_z - bound, abs=2e-4)
+    assert not re.search(r"^step\s", out, flags=re.M)  # --quiet: no per-step reports
+
+
+def test_demo_improves_the_bound_and_reports(capsys, tmp_path):
+    plot = tmp_path / "demo.png"
+    assert main(["demo", "--steps", "300", "--samples", "32", "--num-flows", "4", "--log-every", "100",
+                 "--eval-samples", "2000", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert _value("fitted bound", out) > _value("initial bound", out) + 2.0
+    assert len(re.findall(r"^step\s+\d+/300", out, flags=re.M)) == 3
+    assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("target", ["U2", "U4"])
+def test_demo_other_targets(capsys, target):
+    assert main(["demo", "--target", target, "--steps", "5", "--samples", "8", "--num-flows", "1",
+                 "--eval-samples", "200", "--quiet"]) == 0
+    assert math.isfinite(_value("fitted bound", capsys.readouterr().out))
+
+
+def test_parser_and_errors(capsys):
+    args = build_parser().parse_args(["demo"])
+    assert (args.target, args.flow, args.num_flows) == ("U1", "planar", 16)
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--target", "U9"])
+    with pytest.raises(SystemExit):
+        main(["demo", "--samples", "0"])
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--steps", "-3", "--quiet"])
+    assert err.value.code == 2 and "steps" in capsys.readouterr().err
+
+
+def test_python_dash_m():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_nfvi.cli", "demo", "--steps", "3", "--samples", "8", "--num-flows", "1",
+         "--eval-samples", "100", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert math.isfinite(_value("fitted bound", proc.stdout))
