@@ -1,0 +1,300 @@
+r"""ArviZ interface (written against arviz 0.23): InferenceData from a guide, and corrected PSIS-LOO.
+
+This is the only module of the package that imports ``arviz``, so that the ArviZ 1.x API can be
+added next to it.  :func:`to_inference_data` draws once from the guide (one vectorized trace of the
+guide and the replayed model) and stores the draws, the posterior predictive, the pointwise log
+likelihood and the log importance weights :math:`\log p(y, \theta_s) - \log q(\theta_s)` of the
+*same* draws.  :func:`loo` uses those weights to correct PSIS-LOO for the fact that the draws come
+from ``q``, not from the posterior (Magnusson et al. 2019).
+"""
+import math
+
+import arviz as az
+import numpy as np
+import torch
+from pyro.distributions import Unit
+from scipy.special import logsumexp
+
+from ..evaluation.traces import (
+    SAMPLE_PLATE,
+    log_weights_from_traces,
+    max_plate_nesting,
+    resolve_plate,
+    site_log_prob,
+    vectorized_traces,
+)
+
+__all__ = ["loo", "psislw", "to_inference_data"]
+
+_SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
+
+
+def psislw(log_weights, reff=1.0):
+    r"""Pareto-smoothed log weights and :math:`\hat k` (a thin wrapper of ``arviz.psislw``).
+
+    Args:
+        log_weights (array-like): ``(..., S)`` log importance weights, draws on the last axis.
+        reff (float): relative efficiency of the draws (1 for independent draws from ``q``).
+
+    Returns:
+        tuple: normalised smoothed log weights ``(..., S)`` and :math:`\hat k` of shape ``(...)``
+        (numpy arrays).
+
+    Reference: Vehtari, Simpson, Gelman, Yao & Gabry, *Pareto Smoothed Importance Sampling*, JMLR 2024.
+
+    Example:
+        >>> lw, k = psislw(np.zeros((2, 100)))
+        >>> lw.shape, k.shape
+        ((2, 100), (2,))
+    """
+    lw, khat = az.psislw(np.asarray(log_weights, dtype=np.float64), reff=reff)
+    return np.asarray(lw), np.asarray(khat)
+
+
+def _layout(site, batch_shape, depth, event_shape, coords):
+    """Dims kept for an array with ``batch_shape`` (plate part only) and ``event_shape``.
+
+    Returns ``(keep, dims)``: which plate-part positions to keep (plate dims, and non-plate dims
+    of size > 1) and the dim names (plate names, then ``{site}_dim_{k}``).
+    """
+    name = site["name"]
+    frames = {f.dim: f for f in site["cond_indep_stack"] if f.vectorized and f.name != SAMPLE_PLATE}
+    keep, dims, k = [], [], 0
+    batch_shape = (1,) * (depth - len(batch_shape)) + tuple(batch_shape)
+    for j, size in enumerate(batch_shape):
+        frame = frames.get(j - depth)
+        if frame is not None:
+            keep.append(True)
+            dims.append(frame.name)
+            coords[frame.name] = np.arange(frame.size)
+        elif size == 1:
+            keep.append(False)
+        else:
+            keep.append(True)
+            dims.append(f"{name}_dim_{k}")
+            k += 1
+    dims.extend(f"{name}_dim_{k + i}" for i in range(len(event_shape)))
+    return keep, dims
+
+
+def _draws(site, tensor, depth, event_dim, coords):
+    """``(1, S, *site_shape)`` numpy array of a ``(S, b_1..b_depth, *event)`` tensor, and its dims."""
+    num = tensor.shape[0]
+    batch = tensor.shape[1 : tensor.dim() - event_dim]
+    event = tensor.shape[tensor.dim() - event_dim :]
+    tensor = tensor.reshape((num,) + (1,) * (depth - len(batch)) + tuple(batch) + tuple(event))
+    keep, dims = _layout(site, batch, depth, event, coords)
+    shape = [num] + [s for s, kept in zip(tensor.shape[1 : depth + 1], keep) if kept] + list(event)
+    return tensor.reshape(shape).detach().cpu().numpy()[None], dims
+
+
+def _deterministic_value(value, num_samples, depth):
+    """``pyro.deterministic`` values and their event dims (their Delta's ``event_dim`` defaults to all dims)."""
+    if value.dim() >= depth + 1 and value.shape[0] == num_samples:
+        return value, value.dim() - depth - 1
+    return value.expand((num_samples,) + (1,) * depth + value.shape), value.dim()
+
+
+def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwargs):
+    r"""Draw ``num_samples`` times from ``guide`` and return an ``arviz.InferenceData`` (one chain).
+
+    Groups (all from one vectorized trace of the guide and the replayed model, so draws, log
+    likelihood and weights belong to the same samples):
+
+    * ``posterior``: every latent model site (and ``pyro.deterministic`` site), constrained, with
+      dims named after its plates (coords ``0..size-1``) and ``{site}_dim_{k}`` for event dims;
+    * ``posterior_predictive``: one draw of each observed site from the likelihood at each draw;
+    * ``log_likelihood``: per observed site, :math:`\log p(y_i \mid \theta_s)` per data point (event
+      dims summed, plate dims kept, mask applied);
+    * ``observed_data``: the observed values;
+    * ``sample_stats``: ``log_weight`` = :math:`\log p(y, \theta_s) - \log q(\theta_s)` per draw (per draw
+      and data point when a data plate is known and every site lies in it; joint otherwise, unless
+      ``plate=`` was passed explicitly, which then raises), with ``attrs["khat"]`` the PSIS
+      :math:`\hat k` of those weights (Yao et al. 2018) and ``attrs["num_samples"]``.
+
+    ``pyro.factor`` terms enter the weights but not the observed groups.  Plates must not be
+    subsampled.
+
+    Args:
+        model, guide: a Pyro model and a guide with the same signature.
+        *args, **kwargs: passed to both (the data).
+        num_samples (int): number of draws.
+        plate (str or False): data plate of an amortized guide (default ``guide.plate``; ``False``
+            for none); selects per-point
+            weights and :math:`\hat k`.
+
+    Returns:
+        arviz.InferenceData
+
+    Reference: Kumar, Carroll, Hartikainen & Martin, *ArviZ*, JOSS 2019.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("obs", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = lambda y: pyro.sample("mu", dist.Normal(y.sum() / (len(y) + 1), (len(y) + 1.0) ** -0.5))
+        >>> idata = to_inference_data(model, guide, torch.tensor([0.1, 0.5, -0.2]), num_samples=50)
+        >>> idata.posterior["mu"].shape, idata.log_likelihood["y"].dims
+        ((1, 50), ('chain', 'draw', 'obs'))
+    """
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
+        raise ValueError(f"to_inference_data: num_samples must be an int >= 2, got {num_samples!r}")
+    explicit = isinstance(plate, str)
+    plate = resolve_plate(guide, plate)
+    depth = max_plate_nesting(model, guide, args, kwargs)
+    with torch.no_grad():
+        model_trace, guide_trace = vectorized_traces(model, guide, num_samples, depth, args, kwargs)
+        try:
+            log_weight = log_weights_from_traces(model_trace, guide_trace, depth, plate)
+        except ValueError:
+            if explicit or plate is None:
+                raise
+            plate = None  # guide.plate, but the model has global sites: joint weights
+            log_weight = log_weights_from_traces(model_trace, guide_trace, depth, plate)
+        posterior, predictive, loglik, observed, dims, coords = {}, {}, {}, {}, {}, {}
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            fn = site["fn"]
+            full = tuple(fn.batch_shape) + tuple(fn.event_shape)
+            if site["infer"].get("_deterministic"):
+                value, event_dim = _deterministic_value(site["value"], num_samples, depth)
+                posterior[name], dims[name] = _draws(site, value, depth, event_dim, coords)
+                continue
+            if not site["is_observed"]:
+                value = site["value"].expand(full) if site["value"].shape != full else site["value"]
+                posterior[name], dims[name] = _draws(site, value, depth, fn.event_dim, coords)
+                continue
+            if isinstance(fn, Unit) or site["value"].numel() == 0:
+                continue  # pyro.factor: part of the weights only
+            predictive[name], dims[name] = _draws(site, fn.sample(), depth, fn.event_dim, coords)
+            value = site["value"]
+            try:
+                value = value.expand(full[1:])
+            except RuntimeError:
+                pass
+            observed[name] = value.detach().cpu().numpy().reshape(predictive[name].shape[2:])
+            lp = site_log_prob(site, scaled=False).expand(fn.batch_shape)
+            loglik[name], _ = _draws(site, lp, depth, 0, coords)
+    if plate is not None:
+        lw_array = log_weight.transpose(0, 1).double().cpu().numpy()  # (B, S)
+        stats_dims = {"log_weight": [plate]}
+    else:
+        lw_array = log_weight.double().cpu().numpy()
+        stats_dims = {}
+    _, khat = psislw(lw_array)
+    khat = float(khat) if khat.ndim == 0 else khat.astype(np.float64)
+    dims.update(stats_dims)
+    return az.from_dict(
+        posterior=posterior,
+        posterior_predictive=predictive or None,
+        log_likelihood=loglik or None,
+        observed_data=observed or None,
+        sample_stats={"log_weight": log_weight.double().cpu().numpy()[None]},
+        coords=coords,
+        dims=dims,
+        sample_stats_attrs={"khat": khat, "num_samples": num_samples},
+        attrs={"inference_library": "pyro_nfvi"},
+    )
+
+
+def _log_likelihood(idata, var_name):
+    if "log_likelihood" not in idata.groups():
+        raise TypeError("loo: idata has no log_likelihood group (use to_inference_data on a model with observations)")
+    group = idata.log_likelihood
+    if var_name is None:
+        names = list(group.data_vars)
+        if len(names) != 1:
+            raise TypeError(f"loo: found several log likelihood variables {names}; pass var_name=")
+        var_name = names[0]
+    if var_name not in group.data_vars:
+        raise TypeError(f"loo: no log likelihood variable {var_name!r}; have {list(group.data_vars)}")
+    return group[var_name]
+
+
+def loo(idata, var_name=None, reff=1.0, pointwise=True, scale="log"):
+    r"""PSIS-LOO for draws from an approximate posterior ``q`` (Magnusson et al. 2019).
+
+    ``arviz.loo`` on raw VI draws treats them as posterior draws.  Here each draw :math:`\theta_s`
+    also carries :math:`\log w_s = \log p(y, \theta_s) - \log q(\theta_s)` (``sample_stats.log_weight``
+    from :func:`to_inference_data`, summed over data points if stored per point), and the
+    leave-one-out ratios are :math:`\log r_{is} = -\log p(y_i \mid \theta_s) + \log w_s`, i.e.
+    :math:`p(\theta \mid y_{-i}) / q(\theta)` up to a constant.  They are Pareto-smoothed
+    (``arviz.psislw``, normalised) and
+
+    .. math:: \widehat{\mathrm{elpd}}_i = \log \sum_s \tilde w_{is}\, p(y_i \mid \theta_s).
+
+    ``p_loo = lppd - elpd_loo`` with the importance-corrected :math:`\mathrm{lppd}_i = \log \sum_s
+    \tilde w_s p(y_i \mid \theta_s)` (PSIS weights of :math:`\log w_s`), and
+    ``se = sqrt(n var(elpd_i))``.  The estimate is reliable when the Pareto :math:`\hat k` values
+    are small: ``pareto_k`` (per point) and ``posterior_k`` (of :math:`\log w` alone).
+
+    Args:
+        idata (arviz.InferenceData): from :func:`to_inference_data`.
+        var_name (str): log likelihood variable (needed if there are several).
+        reff (float): relative efficiency (1 for independent draws).
+        pointwise (bool): include ``loo_i`` and ``pareto_k``.
+        scale (str): ``"log"``, ``"negative_log"`` or ``"deviance"`` (as ``arviz.loo``).
+
+    Returns:
+        arviz.stats.ELPDData: the fields of ``arviz.loo`` plus ``posterior_k``.
+
+    Reference: Magnusson, Andersen, Jonasson & Vehtari, *Bayesian Leave-One-Out Cross-Validation
+    for Large Data*, ICML 2019; Vehtari, Gelman & Gabry, *Practical Bayesian model evaluation using
+    leave-one-out cross-validation and WAIC*, Stat. Comput. 2017.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("obs", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = lambda y: pyro.sample("mu", dist.Normal(0.1, 0.6))
+        >>> pyro.set_rng_seed(0)
+        >>> res = loo(to_inference_data(model, guide, torch.tensor([0.1, 0.5, -0.2]), num_samples=2000))
+        >>> res.n_data_points, bool(res.elpd_loo < 0)
+        (3, True)
+    """
+    if scale not in _SCALES:
+        raise TypeError(f"loo: scale must be one of {list(_SCALES)}, got {scale!r}")
+    if "sample_stats" not in idata.groups() or "log_weight" not in idata.sample_stats:
+        raise TypeError("loo: idata needs sample_stats.log_weight (build it with to_inference_data)")
+    ll = _log_likelihood(idata, var_name).stack(__sample__=("chain", "draw"))
+    obs_dims = [d for d in ll.dims if d != "__sample__"]
+    ll = ll.stack(__obs__=obs_dims) if obs_dims else ll.expand_dims("__obs__")
+    ll = ll.transpose("__obs__", "__sample__")
+    ll_np = ll.values.astype(np.float64)
+    lw = idata.sample_stats["log_weight"]
+    lw = lw.sum([d for d in lw.dims if d not in ("chain", "draw")]).stack(__sample__=("chain", "draw"))
+    lw_np = lw.values.astype(np.float64)
+    n_obs, n_samples = ll_np.shape
+    if lw_np.shape != (n_samples,):
+        raise ValueError(f"loo: log_weight has {lw_np.shape} draws, log likelihood {n_samples}")
+
+    lw_loo, pareto_k = psislw(-ll_np + lw_np[None], reff)
+    loo_i = logsumexp(lw_loo + ll_np, axis=1)
+    lw_post, posterior_k = psislw(lw_np[None], reff)
+    lppd = float(logsumexp(lw_post + ll_np, axis=1).sum())
+    scale_value = _SCALES[scale]
+    elpd = float(loo_i.sum())
+    se = float((n_obs * np.var(scale_value * loo_i)) ** 0.5)
+    p_loo = lppd - elpd
+    good_k = min(1 - 1 / math.log10(n_samples), 0.7)
+    warning = bool(np.any(pareto_k > good_k))
+    data = [scale_value * elpd, se, p_loo, n_samples, n_obs, warning]
+    index = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning"]
+    if pointwise:
+        template = ll.isel(__sample__=0, drop=True)
+        loo_da = template.copy(data=scale_value * loo_i).rename("loo_i")
+        k_da = template.copy(data=pareto_k).rename("pareto_shape")
+        if obs_dims:
+            loo_da, k_da = loo_da.unstack("__obs__"), k_da.unstack("__obs__")
+        else:
+            loo_da, k_da = loo_da.isel(__obs__=0, drop=True), k_da.isel(__obs__=0, drop=True)
+        data += [loo_da, k_da]
+        index += ["loo_i", "pareto_k"]
+    data += [scale, good_k, float(posterior_k[0])]
+    index += ["scale", "good_k", "posterior_k"]
+    return az.ELPDData(data=data, index=index)
