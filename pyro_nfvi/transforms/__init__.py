@@ -4,7 +4,7 @@ Each family is one :class:`~pyro_nfvi.transforms.base.FlowModule` (a Pyro ``Tran
 that owns its parameters (``context_dim=0``) or predicts them per data point from a context
 (``context_dim > 0``; call ``.condition(context)``).  :func:`flow` builds a stack of any family.
 """
-from .base import ConditionedFlow, FlowModule, FlowTransform, Hypernet
+from .base import ConditionedFlow, FlowModule, FlowTransform, Hypernet, NetworkConditionedFlow, NetworkFlowModule
 from .coupling import AffineCoupling
 from .householder import Householder
 from .iaf import IAF
@@ -23,6 +23,8 @@ __all__ = [
     "Householder",
     "Hypernet",
     "IAF",
+    "NetworkConditionedFlow",
+    "NetworkFlowModule",
     "Permute",
     "Planar",
     "Radial",

@@ -25,7 +25,16 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import Transform, constraints
 
-__all__ = ["FlowTransform", "FlowModule", "ConditionedFlow", "Hypernet", "check_dim"]
+__all__ = [
+    "FlowTransform",
+    "FlowModule",
+    "NetworkFlowModule",
+    "ConditionedFlow",
+    "NetworkConditionedFlow",
+    "Hypernet",
+    "broadcast_context",
+    "check_dim",
+]
 
 
 def check_dim(name, value, minimum=1):
@@ -220,16 +229,25 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
             return None
         return tuple(p._version for p in self.parameters())
 
-    def raw_params(self, context=None):
+    def _check_context(self, context):
+        """Raise a clear error unless ``context`` fits ``context_dim``; return whether one is used."""
         if self.context_dim:
             if context is None:
                 raise ValueError(
                     f"{type(self).__name__} was built with context_dim={self.context_dim}: call "
                     f".condition(context) with a context of shape (..., {self.context_dim})"
                 )
-            return self.hypernet(context)
+            if not torch.is_tensor(context) or context.dim() == 0 or context.shape[-1] != self.context_dim:
+                shape = tuple(context.shape) if torch.is_tensor(context) else type(context).__name__
+                raise ValueError(f"context must have shape (..., {self.context_dim}), got {shape}")
+            return True
         if context is not None:
             raise ValueError(f"{type(self).__name__} was built with context_dim=0 and takes no context")
+        return False
+
+    def raw_params(self, context=None):
+        if self._check_context(context):
+            return self.hypernet(context)
         return {name: getattr(self, name) for name in self.param_shapes()}
 
     def params(self, context=None):
@@ -278,3 +296,41 @@ class ConditionedFlow(FlowTransform):
 
     def __repr__(self):
         return f"ConditionedFlow({type(self.module).__name__}, dim={self.dim})"
+
+
+class NetworkConditionedFlow(ConditionedFlow):
+    """A conditioned flow whose module reads its network weights at call time (IAF, coupling).
+
+    Unlike hypernetwork families, whose bound parameters are fixed tensors, these layers keep only the
+    context and run the module's network on every call; the cache is therefore keyed by the
+    module's parameter versions, so an in-place optimiser step invalidates it.
+    """
+
+    def _stamp(self):
+        return self.module._stamp()
+
+
+class NetworkFlowModule(FlowModule):
+    """Base of families whose conditioner network reads ``x`` and the context itself (IAF, coupling).
+
+    Their raw parameters are just ``{"context": context}`` (``{}`` when ``context_dim=0``); the
+    weights live in the network, so the cache of the module and of every bound transform follows
+    the network's parameter versions.
+    """
+
+    def raw_params(self, context=None):
+        """``{"context": context}`` for an amortized layer, ``{}`` otherwise."""
+        return {"context": context} if self._check_context(context) else {}
+
+    def _stamp(self):
+        return tuple(p._version for p in self.parameters())
+
+    def bind(self, raw):
+        """The layer bound to ``raw`` (``{"context": ...}``): see :class:`NetworkConditionedFlow`."""
+        return NetworkConditionedFlow(self, self.constrain(raw))
+
+
+def broadcast_context(x, context):
+    """Expand ``x`` (``(..., D)``) and ``context`` (``(..., C)``) to their common batch shape."""
+    batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    return x.expand(batch + x.shape[-1:]), context.expand(batch + context.shape[-1:])

@@ -9,13 +9,13 @@ import torch
 from pyro.nn import DenseNN
 from torch import nn
 
-from .base import FlowModule
-from .iaf import NetworkConditionedFlow, _broadcast_context, _context_params, _hidden_sizes
+from .base import NetworkFlowModule, broadcast_context
+from .iaf import _hidden_sizes
 
 __all__ = ["AffineCoupling"]
 
 
-class AffineCoupling(FlowModule):
+class AffineCoupling(NetworkFlowModule):
     r"""Affine coupling :math:`y_I = x_I,\ y_T = x_T \odot e^{s(x_I)} + t(x_I)` with
     :math:`\log|\det J| = \sum_{i \in T} s_i(x_I)` (RealNVP), or additive :math:`s = 0` (NICE).
 
@@ -107,18 +107,6 @@ class AffineCoupling(FlowModule):
                 last.weight.zero_()
                 last.bias.zero_()
 
-    # -- parameters: the network reads the context itself --------------------------------------
-    def raw_params(self, context=None):
-        """``{"context": context}`` for an amortized layer, ``{}`` otherwise (the network owns the weights)."""
-        return _context_params(self, context)
-
-    def _stamp(self):
-        # the network's weights are read at call time, amortized or not
-        return tuple(p._version for p in self.parameters())
-
-    def bind(self, raw):
-        """The layer bound to ``raw`` (``{"context": ...}``): its cache follows the network's weights."""
-        return NetworkConditionedFlow(self, self.constrain(raw))
 
     # -- maths --------------------------------------------------------------------------------
     def _shift_scale(self, x, context):
@@ -140,7 +128,7 @@ class AffineCoupling(FlowModule):
     def _prepare(self, x, p):
         context = p.get("context")
         if context is not None:
-            x, context = _broadcast_context(x, context)
+            x, context = broadcast_context(x, context)
         return x, context
 
     def _forward(self, x, p):

@@ -13,9 +13,9 @@ import torch
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch.nn import functional as F
 
-from .base import ConditionedFlow, FlowModule, check_dim
+from .base import NetworkFlowModule, broadcast_context, check_dim
 
-__all__ = ["IAF", "NetworkConditionedFlow"]
+__all__ = ["IAF"]
 
 
 def _hidden_sizes(hidden, default, minimum):
@@ -33,48 +33,7 @@ def _hidden_sizes(hidden, default, minimum):
     return hidden
 
 
-def _context_params(module, context):
-    """``raw_params`` of a family whose conditioner network reads the context (IAF, coupling)."""
-    if module.context_dim:
-        if context is None:
-            raise ValueError(
-                f"{type(module).__name__} was built with context_dim={module.context_dim}: call "
-                f".condition(context) with a context of shape (..., {module.context_dim})"
-            )
-        if not torch.is_tensor(context) or context.dim() == 0 or context.shape[-1] != module.context_dim:
-            shape = tuple(context.shape) if torch.is_tensor(context) else type(context).__name__
-            raise ValueError(f"context must have shape (..., {module.context_dim}), got {shape}")
-        return {"context": context}
-    if context is not None:
-        raise ValueError(f"{type(module).__name__} was built with context_dim=0 and takes no context")
-    return {}
-
-
-class NetworkConditionedFlow(ConditionedFlow):
-    """A conditioned flow whose module reads its weights at call time (IAF, coupling).
-
-    Unlike hypernetwork families, whose bound parameters are fixed tensors, these layers keep only the
-    context and run the module's network on every call; the cache is therefore keyed by the
-    module's parameter versions, so an in-place optimiser step invalidates it.
-
-    Example:
-        >>> layer = IAF(2, context_dim=3)
-        >>> bound = layer.condition(torch.randn(3))
-        >>> type(bound).__name__, bound(torch.randn(5, 2)).shape
-        ('NetworkConditionedFlow', torch.Size([5, 2]))
-    """
-
-    def _stamp(self):
-        return self.module._stamp()
-
-
-def _broadcast_context(x, context):
-    """Expand ``x`` (``(..., D)``) and ``context`` (``(..., C)``) to their common batch shape."""
-    batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-    return x.expand(batch + x.shape[-1:]), context.expand(batch + context.shape[-1:])
-
-
-class IAF(FlowModule):
+class IAF(NetworkFlowModule):
     r"""Inverse autoregressive flow :math:`y = \mu(x) + \sigma(x) \odot x` with
     :math:`\log|\det J| = \sum_i \log \sigma_i(x)`, :math:`\sigma = \exp(\mathrm{clip}(s))`.
 
@@ -164,18 +123,6 @@ class IAF(FlowModule):
             last.weight.zero_()
             last.bias.zero_()
 
-    # -- parameters: the network reads the context itself --------------------------------------
-    def raw_params(self, context=None):
-        """``{"context": context}`` for an amortized layer, ``{}`` otherwise (the network owns the weights)."""
-        return _context_params(self, context)
-
-    def _stamp(self):
-        # the network's weights are read at call time, amortized or not
-        return tuple(p._version for p in self.parameters())
-
-    def bind(self, raw):
-        """The layer bound to ``raw`` (``{"context": ...}``): see :class:`NetworkConditionedFlow`."""
-        return NetworkConditionedFlow(self, self.constrain(raw))
 
     @property
     def permutation(self):
@@ -200,14 +147,14 @@ class IAF(FlowModule):
     def _forward(self, x, p):
         context = p.get("context")
         if context is not None:
-            x, context = _broadcast_context(x, context)
+            x, context = broadcast_context(x, context)
         shift, log_sigma = self._affine(x, context)
         return torch.exp(log_sigma) * x + shift, log_sigma.sum(-1)
 
     def _inverse(self, y, p):
         context = p.get("context")
         if context is not None:
-            y, context = _broadcast_context(y, context)
+            y, context = broadcast_context(y, context)
         x = y
         for _ in range(self.dim):
             shift, log_sigma = self._affine(x, context)
