@@ -16,7 +16,7 @@ packing of constrained sites into one unconstrained vector).
 """
 import inspect
 import weakref
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import pyro
 import pyro.distributions as dist
@@ -32,6 +32,8 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 __all__ = [
+    "direct_params",
+    "own_attr",
     "SiteSpec",
     "SitePacker",
     "ParamStoreSync",
@@ -381,3 +383,36 @@ class ParamStoreSync:
 
     def _reset_store_cache(self):
         self.__dict__.pop("_store_cache", None)
+
+
+_DIRECT = [False]
+
+
+@contextmanager
+def direct_params():
+    """While active, and with ``module_local_params``, guides read their weights without param messages.
+
+    Under ``pyro.settings.set(module_local_params=True)`` a ``PyroModule`` still emits one (unused)
+    ``param`` message per parameter of each attribute it reads, so that ``SVI`` with a
+    ``pyro.optim`` optimizer can find them.  :class:`~pyro_nfvi.guides.fast.FastSVI` owns its torch
+    optimizer and needs none of them; it runs its steps inside this context, where
+    :func:`own_attr` reads the guide's parameters and submodules directly.  Outside it (standard
+    ``SVI``, ``Predictive``, JIT) every message is emitted as usual.
+    """
+    previous = _DIRECT[0]
+    _DIRECT[0] = True
+    try:
+        yield
+    finally:
+        _DIRECT[0] = previous
+
+
+def own_attr(module, name):
+    """``getattr(module, name)``, skipping PyroModule's param messages inside :func:`direct_params`."""
+    if _DIRECT[0] and _is_module_local_param_enabled() and not torch._C._get_tracing_state():
+        d = module.__dict__
+        if name in d["_parameters"]:
+            return d["_parameters"][name]
+        if name in d["_modules"]:
+            return d["_modules"][name]
+    return getattr(module, name)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..nn.encoders import MLP, LocScaleHead
 from ..transforms.stack import flow as build_flow
-from ._util import ParamStoreSync, SitePacker, SiteSpec, can_call_without_args, latent_sites
+from ._util import ParamStoreSync, SitePacker, SiteSpec, can_call_without_args, latent_sites, own_attr
 from .auto import AutoFlowGuide, _check_positive, _hide_fn, check_flow_kind
 
 __all__ = ["AmortizedFlowGuide"]
@@ -451,7 +451,7 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         result = {}
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
-        encoder, head, stack = self.encoder, self.head, self.flow_stack
+        encoder, head, stack = (own_attr(self, n) for n in ("encoder", "head", "flow_stack"))
         ones = (1,) * (-self._frame.dim - 1)
         with plates[self.plate] as indices:
             x = self._input_for(args, kwargs, indices)

@@ -12,7 +12,7 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from ..nn.encoders import inverse_softplus
 from ..transforms.stack import FAMILIES, flow as build_flow
-from ._util import ParamStoreSync, SitePacker, SiteSpec, can_call_without_args, is_enumerated, latent_sites
+from ._util import ParamStoreSync, SitePacker, SiteSpec, can_call_without_args, is_enumerated, latent_sites, own_attr
 
 __all__ = ["AutoFlowGuide", "check_flow_kind"]
 
@@ -181,13 +181,13 @@ class AutoFlowGuide(ParamStoreSync, AutoContinuous):
     # -- the posterior ------------------------------------------------------------------------------
     def get_base_dist(self):
         """The standard normal base :math:`\\mathcal N(0, I_D)` (event shape ``(D,)``)."""
-        loc = self.loc
+        loc = own_attr(self, "loc")
         return dist.Normal(loc.new_zeros(()), loc.new_ones(())).expand([self.latent_dim]).to_event(1)
 
     def _transforms(self):
-        loc, scale = self.loc, nn.functional.softplus(self.scale_raw)
+        loc, scale = own_attr(self, "loc"), nn.functional.softplus(own_attr(self, "scale_raw"))
         parts = [AffineTransform(loc, scale, event_dim=1, cache_size=1)]
-        stack = self.flow_stack
+        stack = own_attr(self, "flow_stack")
         if len(stack):
             parts.append(stack)
         return parts

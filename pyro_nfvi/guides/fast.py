@@ -10,7 +10,7 @@ of its overhead is that bookkeeping, not tracing.  The fast path removes it:
     model = MyModel()                                  # a PyroModule / nn.Module holding its nets
     guide = AmortizedFlowGuide(model, plate="data", model_args=(x,))
     loss_fn = pyro.infer.Trace_ELBO()(model, guide)    # an ELBOModule
-    optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
+    optim = torch.optim.Adam(loss_fn.parameters(), lr=1e-3, fused=True)  # one fused kernel for all tensors
     for x in batches:
         optim.zero_grad()
         loss = loss_fn(x)
@@ -30,7 +30,17 @@ import torch
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 from pyro.nn.module import PyroModule
 
+from ._util import direct_params
+
 __all__ = ["FastSVI", "fit"]
+
+
+def _adam(params, lr):
+    """Adam with the fused multi-tensor kernel where this torch build has it (one kernel for all tensors)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _check_contexts(*modules):
@@ -63,7 +73,7 @@ class FastSVI:
         model (callable): the model; an ``nn.Module`` if it has parameters of its own.
         guide (nn.Module): the guide, e.g. :class:`~pyro_nfvi.guides.AutoFlowGuide`.
         loss (pyro.infer.ELBO): the objective (default ``Trace_ELBO()``).
-        optimizer (callable): ``optimizer(params) -> torch.optim.Optimizer``; default Adam with ``lr``.
+        optimizer (callable): ``optimizer(params) -> torch.optim.Optimizer``; default Adam with ``lr`` (``fused=True`` where available).
         lr (float): learning rate of the default Adam.
         clip_norm (float or None): clip the global gradient norm before each update.
 
@@ -90,7 +100,7 @@ class FastSVI:
                 "module_local_params=True; use Trace_ELBO (or the standard SVI for JIT)"
             )
         self.loss_fn = self.loss(model, guide)
-        self._make_optimizer = optimizer or (lambda params: torch.optim.Adam(params, lr=lr))
+        self._make_optimizer = optimizer or (lambda params: _adam(params, lr))
         self.optimizer = None
         self.clip_norm = clip_norm
 
@@ -100,7 +110,8 @@ class FastSVI:
 
     def step(self, *args, **kwargs):
         """Take one gradient step on a fresh ELBO estimate; return the loss as a float."""
-        loss = self.loss_fn(*args, **kwargs)
+        with direct_params():
+            loss = self.loss_fn(*args, **kwargs)
         if self.optimizer is None:
             params = self.parameters()
             if not params:
@@ -116,7 +127,8 @@ class FastSVI:
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs):
         """The loss (negative ELBO estimate) without a gradient step."""
-        return self.loss_fn(*args, **kwargs).item()
+        with direct_params():
+            return self.loss_fn(*args, **kwargs).item()
 
 
 def fit(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=None, callback=None, **kwargs):

@@ -227,6 +227,8 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
     def _stamp(self):
         if self.context_dim:
             return None
+        if not self._modules:  # the common case: parameters owned directly, no recursion needed
+            return tuple(p._version for p in self._parameters.values() if p is not None)
         return tuple(p._version for p in self.parameters())
 
     def _check_context(self, context):

@@ -1,33 +1,36 @@
-"""Fused planar stacks: ``K`` planar layers as one autograd node.
+r"""Fused planar stacks: ``K`` planar layers as one autograd node.
 
 In the small-dimension regime (a 2-D target, dozens of planar layers, ~100 particles) the cost of a
 flow is launching operations, not arithmetic: a planar layer written with ordinary tensor ops
 (:class:`~pyro_nfvi.transforms.planar.Planar`) costs ~20 kernel launches forward and as many
-autograd nodes backward.  :func:`fused_planar` runs the whole run of layers in one
+autograd nodes backward.  :func:`fused_planar` runs a whole run of layers in one
 :class:`torch.autograd.Function`:
 
-* forward: three ops per layer (``a = w.z + b`` and ``z += u-hat tanh(a)`` as batched matrix
-  products, written into pre-allocated buffers), then the log-det of every layer at once;
+* forward: three ops per layer, written into pre-allocated buffers -- ``a = w.z + b`` (a
+  matrix-vector product for shared parameters, a dot product against ``[w, b]`` for per-point
+  ones), ``t = tanh(a)`` and ``z <- z + u-hat t`` -- then the log-det of every layer at once;
 * backward: a hand-written reverse sweep with three ops per layer, then the gradients of every
-  layer's ``u-hat``, ``w``, ``b`` and ``w.u`` at once as batched matrix products.
+  layer's ``u-hat``, ``w``, ``b`` and ``w.u`` at once (summed over the points that share them).
 
 The maths is that of :mod:`~pyro_nfvi.transforms.planar`: the same constraint (applied outside the
 fused node, so autograd routes its gradient to each layer's parameters or hypernetwork) and the same
-log-space log-det, ``log sech^2(a) + log(sinh^2(a) + softplus(w.u + log(e - 1)))``, whose
-derivatives are written in log space too, so they stay finite at ``w = 0`` and ``w.u -> -inf``:
+log-space log-det :math:`\ell = \log\mathrm{sech}^2 a + \log(\sinh^2 a + s)` with
+:math:`s = \mathrm{softplus}(w.u + \log(e - 1))`, computed as the equal
+:math:`\ell = \mathrm{logaddexp}(2\log|	anh a|, \log\mathrm{sech}^2 a + \log s)`.  Its derivatives
+are written in log space too, so they stay finite at ``w = 0`` and ``w.u -> -inf``:
 
 .. math::
 
-    \\frac{\\partial \\ell}{\\partial a} = 2\\,\\mathrm{sign}(a)\\, e^{\\log|\\tanh a| - \\ell} - 2\\tanh a,
-    \\qquad
-    \\frac{\\partial \\ell}{\\partial (w.u)} = e^{\\log s - \\ell + \\log\\mathrm{sech}^2 a}\\,
-    \\frac{d \\log s}{d (w.u)}.
+    rac{\partial \ell}{\partial a} = 2\,\mathrm{sign}(a)\, e^{\log|	anh a| - \ell} - 2	anh a,
+    \qquad
+    rac{\partial \ell}{\partial (w.u)} = e^{\log\mathrm{sech}^2 a + \log s - \ell}\,
+    rac{d \log s}{d (w.u)}.
 
 :class:`~pyro_nfvi.transforms.stack.FlowStack` calls :func:`forward_layers`, which sends every run
 of two or more consecutive planar layers (owned, or bound to per-point parameters) through the
-fused node; everything else, and every inverse, takes the per-layer path.  The fused node is
-first-order only (no double backward): switch it off with :func:`use_fused_planar` where a
-Hessian through the flow is needed.
+fused node; everything else, and every inverse, takes the per-layer path, as does tracing with
+``torch.jit.trace`` (``JitTrace_ELBO``).  The fused node is first-order only (no double backward):
+switch it off with :func:`use_fused_planar` where a Hessian through the flow is needed.
 
 Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
 """
@@ -38,7 +41,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .base import ConditionedFlow
-from .planar import PLANAR_SHIFT, Planar, planar_uhat
+from .planar import PLANAR_SHIFT, Planar, planar_log_det, planar_uhat
 
 __all__ = ["fused_planar", "forward_layers", "planar_run_params", "use_fused_planar", "fused_planar_enabled"]
 
@@ -93,83 +96,105 @@ def _log_softplus_and_grad(x):
     return value, grad
 
 
-def _log_det_parts(a, log_s):
-    """Per-layer log-det ``ld`` of :func:`planar.planar_log_det` plus what its derivatives need."""
+def _log_det_parts(a, t, log_s):
+    """Per-layer log-det of :func:`planar.planar_log_det` from ``a``, ``t = tanh(a)`` and ``log s``.
+
+    ``sech^2(a) (sinh^2(a) + s) = tanh^2(a) + sech^2(a) s``, so the log-det is
+    ``logaddexp(2 log|tanh a|, log sech^2(a) + log s)``: the same function, in fewer ops.  Returns
+    ``(ld, log|tanh a|, log sech^2(a) + log s)``; the last two give the derivatives.
+    """
     abs_a = a.abs()
-    pos = abs_a > 0
-    safe = torch.where(pos, abs_a, torch.ones_like(abs_a))
-    log_sinh = torch.where(pos, safe - _LOG2 + torch.log(-torch.expm1(-2.0 * safe)), torch.full_like(abs_a, -math.inf))
-    log_sech2 = 2.0 * (_LOG2 - abs_a - torch.nn.functional.softplus(-2.0 * abs_a))
-    ld = log_sech2 + torch.logaddexp(2.0 * log_sinh, log_s)
-    return ld, log_sinh, log_sech2
+    log_abs_t = torch.log(t.abs())
+    log_qs = (2.0 * _LOG2 + log_s) - 2.0 * (abs_a + torch.nn.functional.softplus(-2.0 * abs_a))
+    return torch.logaddexp(2.0 * log_abs_t, log_qs), log_abs_t, log_qs
 
 
 class _FusedPlanar(torch.autograd.Function):
-    """``K`` planar layers on the canonical layout: ``x (P, M, D)``, params ``(K, P, D)`` / ``(K, P)``."""
+    """``K`` planar layers on the layout ``x (M, P, D)``, params ``(K, P, D)`` / ``(K, P)``.
+
+    ``P`` indexes parameter sets (1 for shared parameters, the batch for per-point ones) and ``M``
+    the points sharing each set (e.g. particles).  With ``P = 1`` a layer is a matrix-vector
+    product and a rank-one update; otherwise every op broadcasts over ``M``, and ``b`` rides along
+    as an extra input column of ones so that ``a = w.z + b`` is a single dot product.
+    """
 
     @staticmethod
     def forward(ctx, x, u, w, b, wu):
         K, P, D = u.shape
-        M = x.shape[1]
-        Z = x.new_empty((K + 1, P, M, D))
-        A = x.new_empty((K, P, M, 1))
-        T = x.new_empty((K, P, M, 1))
-        Z[0].copy_(x)
-        zs, as_, ts = Z.unbind(0), A.unbind(0), T.unbind(0)
-        ws, us, bs = w.unsqueeze(-1).unbind(0), u.unsqueeze(-2).unbind(0), b[..., None, None].unbind(0)
-        for k in range(K):
-            torch.baddbmm(bs[k], zs[k], ws[k], out=as_[k])
-            torch.tanh(as_[k], out=ts[k])
-            torch.baddbmm(zs[k], ts[k], us[k], out=zs[k + 1])
+        M = x.shape[0]
+        A = x.new_empty((K, M, P))
+        T = x.new_empty((K, M, P, 1))
+        if P == 1:
+            Z = x.new_empty((K + 1, M, D))
+            Z[0].copy_(x.reshape(M, D))
+            zs, us, ws, bs = Z.unbind(0), u.reshape(K, D).unbind(0), w.reshape(K, D).unbind(0), b.reshape(K).unbind(0)
+            as_, ts, ts1 = A.reshape(K, M).unbind(0), T.reshape(K, M).unbind(0), T.reshape(K, M, 1).unbind(0)
+            for k in range(K):
+                torch.addmv(bs[k], zs[k], ws[k], out=as_[k])
+                torch.tanh(as_[k], out=ts[k])
+                torch.addcmul(zs[k], ts1[k], us[k], out=zs[k + 1])
+            y = Z[K].reshape(M, P, D)
+        else:
+            Z = x.new_empty((K + 1, M, P, D + 1))
+            Z[0, ..., :D].copy_(x)
+            Z[0, ..., D] = 1.0
+            w_aug = torch.cat([w, b.unsqueeze(-1)], -1)
+            u_aug = torch.cat([u, u.new_zeros((K, P, 1))], -1)
+            zs, us, ws = Z.unbind(0), u_aug.unbind(0), w_aug.unbind(0)
+            as_, ts, ts1 = A.unbind(0), T.squeeze(-1).unbind(0), T.unbind(0)
+            for k in range(K):
+                torch.linalg.vecdot(zs[k], ws[k], out=as_[k])
+                torch.tanh(as_[k], out=ts[k])
+                torch.addcmul(zs[k], ts1[k], us[k], out=zs[k + 1])
+            y = Z[K, ..., :D]
         log_s, dlog_s = _log_softplus_and_grad(wu + PLANAR_SHIFT)
-        log_s, dlog_s = log_s[..., None], dlog_s[..., None]
-        ld, log_sinh, log_sech2 = _log_det_parts(A.squeeze(-1), log_s)
-        ctx.save_for_backward(Z, A, T, u, w, ld, log_sinh, log_sech2, log_s, dlog_s)
-        return Z[K], ld.sum(0)
+        log_s, dlog_s = log_s.unsqueeze(1), dlog_s.unsqueeze(1)
+        ld, log_abs_t, log_qs = _log_det_parts(A, T.squeeze(-1), log_s)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(Z, T, u, w, ld, log_abs_t, log_qs, dlog_s)
+        return y, ld.sum(0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy, gld):
-        Z, A, T, u, w, ld, log_sinh, log_sech2, log_s, dlog_s = ctx.saved_tensors
-        K, P, M, D = Z.shape[0] - 1, Z.shape[1], Z.shape[2], Z.shape[3]
+        Z, T, u, w, ld, log_abs_t, log_qs, dlog_s = ctx.saved_tensors
+        K, P, D = u.shape
+        M = T.shape[1]
         t = T.squeeze(-1)
-        # d ld / d a = 2 tanh(a) (exp(-ld) - 1), written in log space (finite at a = 0, ld -> -inf)
-        log_abs_t = log_sinh + 0.5 * log_sech2
+        # d ld / d a = 2 tanh(a) (exp(-ld) - 1), written in log space (finite at a = 0 and ld -> -inf)
         dld_da = 2.0 * torch.sign(t) * torch.exp(log_abs_t - ld) - 2.0 * t
         gld = gld.unsqueeze(0)
-        C = (gld * dld_da).unsqueeze(-1)
-        gwu = (gld * torch.exp(log_s - ld + log_sech2)).sum(-1) * dlog_s.squeeze(-1)
-        Q = 1.0 - T * T
-        G = Z.new_empty((K + 1, P, M, D))
-        GA = Z.new_empty((K, P, M, 1))
-        G[K].copy_(gy)
-        GU = Z.new_empty((P, M, 1))
-        gs, gas, cs, qs = G.unbind(0), GA.unbind(0), C.unbind(0), Q.unbind(0)
-        ucols, wrows = u.unsqueeze(-1).unbind(0), w.unsqueeze(-2).unbind(0)
-        for k in range(K - 1, -1, -1):
-            torch.bmm(gs[k + 1], ucols[k], out=GU)
-            torch.addcmul(cs[k], GU, qs[k], out=gas[k])
-            torch.baddbmm(gs[k + 1], gas[k], wrows[k], out=gs[k])
-        gu = torch.matmul(T.transpose(-1, -2), G[1:]).squeeze(-2)
-        gw = torch.matmul(GA.transpose(-1, -2), Z[:-1]).squeeze(-2)
-        gb = GA.sum((-2, -1))
-        return G[0], gu, gw, gb, gwu
-
-
-def _fused_no_grad(x, u, w, b, wu):
-    with torch.no_grad():
-        K = u.shape[0]
-        z = x
-        A = []
-        ws, us = w.unsqueeze(-1), u.unsqueeze(-2)
-        bs = b[..., None, None]
-        for k in range(K):
-            a = torch.baddbmm(bs[k], z, ws[k])
-            A.append(a)
-            z = torch.baddbmm(z, torch.tanh(a), us[k])
-        log_s, _ = _log_softplus_and_grad(wu + PLANAR_SHIFT)
-        ld = _log_det_parts(torch.stack(A).squeeze(-1), log_s[..., None])[0]
-        return z, ld.sum(0)
+        C = gld * dld_da
+        gwu = (gld * torch.exp(log_qs - ld)).sum(1) * dlog_s.squeeze(1)
+        Q = 1.0 - t * t
+        GA = Z.new_empty((K, M, P))
+        if P == 1:
+            G = Z.new_empty((K + 1, M, D))
+            G[K].copy_(gy.reshape(M, D))
+            GU = Z.new_empty((M,))
+            gs, us, ws = G.unbind(0), u.reshape(K, D).unbind(0), w.reshape(K, D).unbind(0)
+            gas, gas1 = GA.reshape(K, M).unbind(0), GA.reshape(K, M, 1).unbind(0)
+            cs, qs = C.reshape(K, M).unbind(0), Q.reshape(K, M).unbind(0)
+            for k in range(K - 1, -1, -1):
+                torch.mv(gs[k + 1], us[k], out=GU)
+                torch.addcmul(cs[k], GU, qs[k], out=gas[k])
+                torch.addcmul(gs[k + 1], gas1[k], ws[k], out=gs[k])
+            gu = torch.bmm(T.reshape(K, 1, M), G[1:]).reshape(K, P, D)
+            gw = torch.bmm(GA.reshape(K, 1, M), Z[:-1]).reshape(K, P, D)
+        else:
+            G = Z.new_empty((K + 1, M, P, D))
+            G[K].copy_(gy)
+            GU = Z.new_empty((M, P))
+            gs, us, ws = G.unbind(0), u.unbind(0), w.unbind(0)
+            gas, gas1, cs, qs = GA.unbind(0), GA.unsqueeze(-1).unbind(0), C.unbind(0), Q.unbind(0)
+            for k in range(K - 1, -1, -1):
+                torch.linalg.vecdot(gs[k + 1], us[k], out=GU)
+                torch.addcmul(cs[k], GU, qs[k], out=gas[k])
+                torch.addcmul(gs[k + 1], gas1[k], ws[k], out=gs[k])
+            gu = (T * G[1:]).sum(1)
+            gw = (GA.unsqueeze(-1) * Z[:-1, ..., :D]).sum(1)
+        gb = GA.sum(1)
+        return G[0].reshape(M, P, D), gu, gw, gb, gwu
 
 
 def fused_planar(x, u, w, b, wu):
@@ -211,27 +236,38 @@ def fused_planar(x, u, w, b, wu):
     K, D = u.shape[0], u.shape[-1]
     pbatch, xbatch = u.shape[1:-1], x.shape[:-1]
     batch = torch.broadcast_shapes(xbatch, pbatch)
-    # canonical layout: the parameters' batch is the trailing part of `batch` (size P), the rest is
-    # shared by all of them (size M); x becomes (P, M, D).
+    # layout (M, P, D): the parameters' batch is the trailing part of `batch` (size P), the leading
+    # part (size M) shares them; parameters with size-1 dims inside that tail are expanded (autograd
+    # sums their gradients back).
     pb = tuple(pbatch)
     while pb and pb[0] == 1:
         pb = pb[1:]
-    tail = batch[len(batch) - len(pb):] if pb else ()
-    if pb != tuple(tail):
-        u, w = u.expand((K,) + tuple(tail) + (D,)), w.expand((K,) + tuple(tail) + (D,))
-        b, wu = b.expand((K,) + tuple(tail)), wu.expand((K,) + tuple(tail))
+    tail = tuple(batch[len(batch) - len(pb):]) if pb else ()
+    if pb != tail:
+        u, w = u.expand((K,) + tail + (D,)), w.expand((K,) + tail + (D,))
+        b, wu = b.expand((K,) + tail), wu.expand((K,) + tail)
     P = math.prod(tail)
-    lead = batch[: len(batch) - len(tail)]
-    M = math.prod(lead)
+    M = math.prod(batch[: len(batch) - len(tail)])
     u, w, b, wu = u.reshape(K, P, D), w.reshape(K, P, D), b.reshape(K, P), wu.reshape(K, P)
     if xbatch != batch:
         x = x.expand(batch + (D,))
-    x3 = x.reshape(M, P, D).transpose(0, 1)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x3, u, w, b, wu)):
-        y3, ld2 = _FusedPlanar.apply(x3, u, w, b, wu)
+    if torch.jit.is_tracing():
+        # a traced graph would record the in-place ops inside the fused node (and not its
+        # backward): trace the per-layer maths instead
+        y, ld = _layer_loop(x.reshape(M, P, D), u, w, b, wu)
     else:
-        y3, ld2 = _fused_no_grad(x3, u, w, b, wu)
-    return y3.transpose(0, 1).reshape(batch + (D,)), ld2.transpose(0, 1).reshape(batch)
+        y, ld = _FusedPlanar.apply(x.reshape(M, P, D), u, w, b, wu)
+    return y.reshape(batch + (D,)), ld.reshape(batch)
+
+
+def _layer_loop(x, u, w, b, wu):
+    """The same maths as :class:`_FusedPlanar`, one planar layer at a time (``Planar._forward``)."""
+    total = 0.0
+    for k in range(u.shape[0]):
+        a = (x * w[k]).sum(-1) + b[k]
+        x = x + u[k] * torch.tanh(a).unsqueeze(-1)
+        total = total + planar_log_det(a, wu[k])
+    return x, total
 
 
 # -- dispatch from stacks ------------------------------------------------------------------------------
@@ -312,7 +348,7 @@ def forward_layers(layers, x):
     total = None
     layers = list(layers)
     n, i = len(layers), 0
-    fuse = _STATE["enabled"]
+    fuse = _STATE["enabled"] and not torch.jit.is_tracing()
     while i < n:
         j = i
         if fuse:
@@ -331,7 +367,7 @@ def forward_layers(layers, x):
         total = ladj if total is None else total + ladj
     if total is None:
         return x, x.new_zeros(x.shape[:-1])
-    if total.shape != x.shape[:-1]:
+    if not torch.jit.is_tracing() and total.shape != x.shape[:-1]:
         total = total.expand(x.shape[:-1])
     return x, total
 
