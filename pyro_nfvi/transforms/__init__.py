@@ -10,7 +10,7 @@ from .householder import Householder
 from .iaf import IAF
 from .planar import Planar, planar_uhat
 from .radial import Radial, radial_beta
-from .stack import FAMILIES, FlowStack, Permute, flow
+from .stack import FAMILIES, FlowStack, Permute, PlanarRun, flow
 from .sylvester import Sylvester
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "NetworkFlowModule",
     "Permute",
     "Planar",
+    "PlanarRun",
     "Radial",
     "Sylvester",
     "flow",

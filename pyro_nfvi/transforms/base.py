@@ -163,7 +163,15 @@ class Hypernet(nn.Module):
             raise ValueError(
                 f"context must have shape (..., {self.context_dim}), got {tuple(context.shape)}"
             )
-        flat = self.head(self.trunk(context))
+        return self.unflatten(self.head(self.trunk(context)))
+
+    @property
+    def is_linear(self):
+        """Whether the hypernetwork is a single linear map (no hidden layers)."""
+        return len(self.trunk) == 0
+
+    def unflatten(self, flat):
+        """Split the head's output ``(..., sum sizes)`` into the named parameter tensors."""
         batch = flat.shape[:-1]
         out = {}
         for name, shape, chunk in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1)):

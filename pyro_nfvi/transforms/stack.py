@@ -5,14 +5,14 @@ from torch import nn
 
 from .base import FlowModule, FlowTransform, check_dim
 from .coupling import AffineCoupling
-from .fused import forward_layers
+from .fused import forward_layers, fused_planar, fused_planar_enabled
 from .householder import Householder
 from .iaf import IAF
-from .planar import Planar
+from .planar import Planar, planar_uhat
 from .radial import Radial
 from .sylvester import Sylvester
 
-__all__ = ["FlowStack", "Permute", "flow", "FAMILIES"]
+__all__ = ["FlowStack", "Permute", "PlanarRun", "flow", "FAMILIES"]
 
 #: The flow families by name, as accepted by :func:`flow` and the guides' ``flow=`` argument.
 FAMILIES = {
@@ -111,10 +111,19 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         """Per-layer raw parameters for ``context``: a list with ``None`` for owned-parameter layers.
 
         A chained layer (amortized Householder after the first) reads the previous layer's raw
-        ``"v"`` as its context.
+        ``"v"`` as its context.  Consecutive layers whose hypernetworks are single linear maps are
+        evaluated with one matrix product over their concatenated weights.
         """
-        raws, previous = [], None
-        for layer in self.layers:
+        raws, previous, i, n = [], None, 0, len(self.layers)
+        while i < n:
+            j = i
+            while j < n and _linear_head(self.layers[j]):
+                j += 1
+            if j - i >= 2:
+                raws.extend(_linear_heads(self.layers[i:j], context))
+                previous, i = raws[-1], j
+                continue
+            layer = self.layers[i]
             if getattr(layer, "chained", False):
                 raw = layer.raw_params(previous["v"])
             elif getattr(layer, "context_dim", 0):
@@ -122,14 +131,29 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
             else:
                 raw = None
             raws.append(raw)
-            previous = raw
+            previous, i = raw, i + 1
         return raws
 
     def bind(self, raws):
-        """The stack's transform with per-layer raw parameters ``raws`` (see :meth:`raw_params`)."""
+        """The stack's transform with per-layer raw parameters ``raws`` (see :meth:`raw_params`).
+
+        A run of two or more amortized planar layers becomes one :class:`PlanarRun`, which applies
+        the u-hat constraint once to the stacked parameters and runs the fused planar kernel.
+        """
         if len(raws) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} raw parameter entries, got {len(raws)}")
-        bound = [layer if raw is None else layer.bind(raw) for layer, raw in zip(self.layers, raws)]
+        bound, i, n = [], 0, len(self.layers)
+        while i < n:
+            j = i
+            while j < n and raws[j] is not None and type(self.layers[j]) is Planar:
+                j += 1
+            if j - i >= 2:
+                bound.append(PlanarRun(self.layers[i:j], raws[i:j]))
+                i = j
+                continue
+            layer, raw = self.layers[i], raws[i]
+            bound.append(layer if raw is None else layer.bind(raw))
+            i += 1
         return _BoundStack(bound, self.dim)
 
     def condition(self, context):
@@ -147,6 +171,72 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
 
     def __repr__(self):
         return nn.Module.__repr__(self)
+
+
+def _linear_head(layer):
+    hypernet = getattr(layer, "hypernet", None)
+    return hypernet is not None and hypernet.is_linear and not getattr(layer, "chained", False)
+
+
+def _linear_heads(layers, context):
+    """Raw parameters of layers with linear hypernetworks, from one matrix product."""
+    for layer in layers:
+        layer._check_context(context)
+    heads = [layer.hypernet.head for layer in layers]
+    flat = nn.functional.linear(context, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+    chunks = flat.split([h.out_features for h in heads], dim=-1)
+    return [layer.hypernet.unflatten(chunk) for layer, chunk in zip(layers, chunks)]
+
+
+class PlanarRun(FlowTransform):
+    """Consecutive amortized planar layers bound to raw per-point parameters, run as one kernel.
+
+    The raw ``u, w, b`` of the ``K`` layers are stacked and constrained once
+    (:func:`~pyro_nfvi.transforms.planar.planar_uhat`), then applied by
+    :func:`~pyro_nfvi.transforms.fused.fused_planar`; the inverse goes layer by layer.  Equivalent
+    to binding each layer (``[layer.bind(raw) for ...]``), with fewer operations.
+
+    Args:
+        layers (list): ``Planar`` modules (amortized).
+        raws (list): their raw parameter dicts, as from :meth:`FlowStack.raw_params`.
+
+    Example:
+        >>> stack = flow("planar", 3, num_flows=4, context_dim=5)
+        >>> run = PlanarRun(list(stack), stack.raw_params(torch.randn(7, 5)))
+        >>> x = torch.randn(7, 3)
+        >>> y, ld = run.forward_and_log_det(x)
+        >>> torch.allclose(run.inv(y.clone()), x, atol=1e-5), ld.shape
+        (True, torch.Size([7]))
+    """
+
+    def __init__(self, layers, raws):
+        super().__init__(layers[0].dim)
+        self.layers, self.raws = list(layers), list(raws)
+        self._layer_by_layer = None
+
+    def _bound_layers(self):
+        if self._layer_by_layer is None:
+            self._layer_by_layer = [layer.bind(raw) for layer, raw in zip(self.layers, self.raws)]
+        return self._layer_by_layer
+
+    def forward_and_log_det(self, x):
+        if not fused_planar_enabled() or torch.jit.is_tracing():
+            return forward_layers(self._bound_layers(), x)
+        u, w, b = (torch.stack(torch.broadcast_tensors(*[r[k] for r in self.raws])) for k in ("u", "w", "b"))
+        if u.dtype != x.dtype or u.device != x.device:
+            return forward_layers(self._bound_layers(), x)
+        uhat, wu = planar_uhat(u, w)
+        y, ladj = fused_planar(x, uhat, w, b, wu)
+        if ladj.shape != x.shape[:-1]:
+            ladj = ladj.expand(x.shape[:-1])
+        return y, ladj
+
+    def inverse_and_log_det(self, y):
+        total = y.new_zeros(y.shape[:-1])
+        for layer in reversed(self._bound_layers()):
+            y, ladj = layer.inverse_and_log_det(y)
+            total = total + ladj
+        return y, total
 
 
 class _BoundStack(FlowTransform):
