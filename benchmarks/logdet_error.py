@@ -59,8 +59,8 @@ def _errors(factory, dim, amortized, num_samples=4):
     ctx = torch.randn(num_samples, CONTEXT, dtype=torch.float64) if amortized else None
     x = torch.randn(num_samples, dim, dtype=torch.float64) * 1.5
     t64, t32 = _bound(m64, ctx), _bound(m32, None if ctx is None else ctx.float())
-    ld64 = t64.forward_and_log_det(x)[1]
-    ld32 = t32.forward_and_log_det(x.float())[1].double()
+    ld64 = t64.forward_and_log_det(x)[1].detach()
+    ld32 = t32.forward_and_log_det(x.float())[1].detach().double()
     err64 = err32 = 0.0
     for i in range(num_samples):
         ti = _bound(m64, None if ctx is None else ctx[i])
