@@ -72,6 +72,16 @@ def _errors(factory, dim, amortized, num_samples=4):
     return err64, err32, inv
 
 
+def _cpu_model():
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main(args):
     rows = []
     for name, factory in VARIANTS.items():
@@ -87,7 +97,7 @@ def main(args):
     meta = {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "machine": f"{_cpu_model()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "dims": args.dims,
     }
