@@ -32,6 +32,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
 __all__ = [
+    "setup_eagerly",
     "direct_params",
     "own_attr",
     "SiteSpec",
@@ -260,6 +261,24 @@ class SitePacker:
                         stack.enter_context(plates[frame.name])
                 result[spec.name] = pyro.sample(spec.name, delta)
         return result
+
+
+def setup_eagerly(guide, model, model_args, model_kwargs):
+    """Run ``guide._setup_prototype`` now when the model's arguments are known; else leave it lazy.
+
+    The prototype is built from ``model_args``/``model_kwargs`` when given, or from no arguments
+    when the model's signature (or, failing inspection, a trial call) allows it.  Otherwise
+    ``guide.prototype_trace`` stays ``None`` and the guide sets itself up on its first call.
+    """
+    model_kwargs = dict(model_kwargs or {})
+    callable_without_args = can_call_without_args(model)
+    if model_args or model_kwargs or callable_without_args:
+        guide._setup_prototype(*model_args, **model_kwargs)
+    elif callable_without_args is None:
+        try:
+            guide._setup_prototype()
+        except TypeError:
+            guide.prototype_trace = None  # needs arguments: set up on the first call
 
 
 def can_call_without_args(model):

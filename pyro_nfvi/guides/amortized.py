@@ -12,7 +12,7 @@ from torch import nn
 
 from ..nn.encoders import MLP, LocScaleHead
 from ..transforms.stack import flow as build_flow
-from ._util import ParamStoreSync, SitePacker, SiteSpec, can_call_without_args, latent_sites, own_attr
+from ._util import ParamStoreSync, SitePacker, SiteSpec, latent_sites, own_attr, setup_eagerly
 from .auto import AutoFlowGuide, _check_positive, _hide_fn, check_flow_kind
 
 __all__ = ["AmortizedFlowGuide"]
@@ -166,7 +166,6 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
             raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
         if not isinstance(model_args, (tuple, list)):
             raise TypeError(f"model_args must be a tuple, got {type(model_args).__name__}")
-        callable_without_args = can_call_without_args(model)
         super().__init__(model, create_plates=create_plates)
         self.plate = plate
         self._config = dict(
@@ -190,14 +189,7 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         self.mc_seed = 0
         self.local_sites = None
         self.global_guide = None
-        model_kwargs = dict(model_kwargs or {})
-        if model_args or model_kwargs or callable_without_args:
-            self._setup_prototype(*model_args, **model_kwargs)
-        elif callable_without_args is None:
-            try:
-                self._setup_prototype()
-            except TypeError:
-                self.prototype_trace = None
+        setup_eagerly(self, model, model_args, model_kwargs)
 
     # -- setup --------------------------------------------------------------------------------------
     def _setup_prototype(self, *args, **kwargs):

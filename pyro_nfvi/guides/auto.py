@@ -12,7 +12,7 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from ..nn.encoders import inverse_softplus
 from ..transforms.stack import FAMILIES, flow as build_flow
-from ._util import ParamStoreSync, SitePacker, SiteSpec, can_call_without_args, is_enumerated, latent_sites, own_attr
+from ._util import ParamStoreSync, SitePacker, SiteSpec, is_enumerated, latent_sites, own_attr, setup_eagerly
 
 __all__ = ["AutoFlowGuide", "check_flow_kind"]
 
@@ -124,20 +124,12 @@ class AutoFlowGuide(ParamStoreSync, AutoContinuous):
             raise TypeError(f"model_args must be a tuple, got {type(model_args).__name__}")
         if model_kwargs is not None and not isinstance(model_kwargs, dict):
             raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
-        callable_without_args = can_call_without_args(model)
         super().__init__(model, init_loc_fn=init_loc_fn)
         self.create_plates = create_plates
         self.num_mc_samples = num_mc_samples
         self.mc_seed = 0
         self.latent_dim = None
-        model_kwargs = dict(model_kwargs or {})
-        if model_args or model_kwargs or callable_without_args:
-            self._setup_prototype(*model_args, **model_kwargs)
-        elif callable_without_args is None:
-            try:
-                self._setup_prototype()
-            except TypeError:
-                self.prototype_trace = None  # needs arguments: set up on the first call
+        setup_eagerly(self, model, model_args, model_kwargs)
 
     _prototype_hide_fn = staticmethod(_hide_fn)
 
