@@ -71,11 +71,8 @@ def fit(guide, X, y, steps=1500):
     return guide
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nuts", action="store_true", help="recompute the NUTS reference")
-    parser.add_argument("--draws", type=int, default=4000)
-    args = parser.parse_args()
+def main(args):
+    """Fit each guide, print naive and corrected LOO next to NUTS; return ``{guide: (naive, corrected)}``."""
     X, y = make_data()
     if args.nuts or not FIXTURE.exists():
         reference = nuts_elpd(X, y)
@@ -86,21 +83,32 @@ def main():
     guides = {
         "AutoNormal": lambda: AutoNormal(model),
         "AutoMultivariateNormal": lambda: AutoMultivariateNormal(model),
-        "AutoFlowGuide(iaf)": lambda: AutoFlowGuide(model, flow="iaf", num_flows=2),
+        "AutoFlowGuide(iaf)": lambda: AutoFlowGuide(model, flow="iaf", num_flows=2, model_args=(X, y)),
     }
+    results = {}
     for name, make in guides.items():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        guide = fit(make(), X, y)
+        guide = fit(make(), X, y, steps=args.steps)
         idata = to_inference_data(model, guide, X, y, num_samples=args.draws)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             naive, corrected = az.loo(idata), loo(idata)
+        results[name] = (float(naive.elpd_loo), float(corrected.elpd_loo))
         print(
             f"{name:<24}{naive.elpd_loo:>14.2f}{corrected.elpd_loo:>15.2f}"
             f"{float(corrected.pareto_k.max()):>13.2f}{corrected.posterior_k:>8.2f}"
         )
+    return results
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nuts", action="store_true", help="recompute the NUTS reference")
+    parser.add_argument("--draws", type=int, default=4000, help="guide draws for LOO")
+    parser.add_argument("--steps", type=int, default=1500, help="SVI steps per guide")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())
