@@ -1,24 +1,14 @@
 """Family-specific tests of the affine / additive coupling layer (pyro_nfvi.transforms.coupling)."""
 import math
 
-import pyro.distributions as dist
 import pytest
 import torch
+from flowcheck import F64, bound, check_float64_under_float32, perturb
 
 from pyro_nfvi.transforms import AffineCoupling, flow
 
-F64 = torch.float64
 
 
-def perturb(module, scale=0.5):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return module
-
-
-def bound(module, context):
-    return module.condition(context) if module.context_dim else module
 
 
 def make(dim, context_dim=0, parity=0, form="affine", scale=0.5, seed=0, hidden=(16, 16), **opts):
@@ -67,7 +57,7 @@ def test_masks_alternate_in_a_stack(dim):
     stack = flow("coupling", dim, num_flows=4, hidden=(8,)).double()
     assert [layer.parity for layer in stack] == [0, 1, 0, 1]
     torch.manual_seed(0)
-    perturb(stack)
+    perturb(stack, 0.5)
     x = torch.randn(dim, dtype=F64)
     transformed = set()
     for layer in stack:
@@ -119,20 +109,8 @@ def test_soft_clamp_and_large_inputs_are_finite(context_dim):
 @pytest.mark.parametrize("form", ["affine", "additive"])
 @pytest.mark.parametrize("context_dim", [0, 3])
 def test_float64_module_under_float32_default(context_dim, form):
-    assert torch.get_default_dtype() == torch.float32
     layer = make(3, context_dim, 0, form)
-    ctx = torch.randn(7, context_dim, dtype=F64) if context_dim else None
-    t = bound(layer, ctx)
-    x = torch.randn(7, 3, dtype=F64)
-    y, ladj = t.forward_and_log_det(x)
-    assert y.dtype == F64 and ladj.dtype == F64
-    x_back, _ = t.inverse_and_log_det(y)
-    assert x_back.dtype == F64 and (x_back - x).abs().max() < 1e-12
-    base = dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1)
-    value = torch.randn(7, 3, dtype=F64)
-    lp = dist.TransformedDistribution(base, [t]).log_prob(value)
-    x_v, ladj_v = t.inverse_and_log_det(value)
-    assert lp.dtype == F64 and torch.allclose(lp, base.log_prob(x_v) - ladj_v, atol=1e-12)
+    check_float64_under_float32(layer, context_dim, inverse_tol=1e-12)
 
 
 @pytest.mark.parametrize("batch", [(), (7,), (6, 5), (3, 4, 5)])

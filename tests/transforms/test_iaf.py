@@ -2,25 +2,14 @@
 import math
 import warnings
 
-import pyro.distributions as dist
 import pytest
 import torch
+from flowcheck import F64, bound, check_float64_under_float32, perturb
 
 from pyro_nfvi.transforms import IAF, flow
 
-F64 = torch.float64
 
 
-def perturb(module, scale=0.3):
-    """Move every weight away from the identity initialisation (masks still multiply the weights)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return module
-
-
-def bound(module, context):
-    return module.condition(context) if module.context_dim else module
 
 
 def make(dim, context_dim, stable, scale=0.3, seed=0):
@@ -103,21 +92,8 @@ def test_extreme_scales_and_inputs_are_finite(context_dim, stable):
 @pytest.mark.parametrize("stable", [False, True], ids=["affine", "gated"])
 @pytest.mark.parametrize("context_dim", [0, 3])
 def test_float64_module_under_float32_default(context_dim, stable):
-    assert torch.get_default_dtype() == torch.float32
     module = make(3, context_dim, stable)
-    ctx = torch.randn(7, context_dim, dtype=F64) if context_dim else None
-    t = bound(module, ctx)
-    x = torch.randn(7, 3, dtype=F64)
-    y, ladj = t.forward_and_log_det(x)
-    assert y.dtype == F64 and ladj.dtype == F64
-    x_back, _ = t.inverse_and_log_det(y)
-    assert x_back.dtype == F64 and (x_back - x).abs().max() < 1e-10
-    base = dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1)
-    q = dist.TransformedDistribution(base, [t])
-    value = torch.randn(7, 3, dtype=F64)  # not a cached sample: goes through the inverse
-    lp = q.log_prob(value)
-    x_v, ladj_v = t.inverse_and_log_det(value)
-    assert lp.dtype == F64 and torch.allclose(lp, base.log_prob(x_v) - ladj_v, atol=1e-12)
+    check_float64_under_float32(module, context_dim, inverse_tol=1e-10)
 
 
 @pytest.mark.parametrize("context_dim", [0, 2])
@@ -201,7 +177,7 @@ def test_every_parameter_gets_a_finite_gradient(context_dim):
 def test_stack_inverse_and_log_det():
     torch.manual_seed(0)
     stack = flow("iaf", 4, num_flows=3, stable=True).double()
-    perturb(stack)
+    perturb(stack, 0.3)
     x = torch.randn(4, dtype=F64)
     y, ladj = stack.forward_and_log_det(x)
     jac = torch.autograd.functional.jacobian(lambda z: stack.forward_and_log_det(z)[0], x)

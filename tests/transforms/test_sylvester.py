@@ -1,27 +1,16 @@
 """Family-specific tests of the Sylvester flow (pyro_nfvi.transforms.sylvester)."""
 import warnings
 
-import pyro.distributions as dist
 import pytest
 import torch
+from flowcheck import F64, bound, check_float64_under_float32, perturb
 
 from pyro_nfvi.transforms import Sylvester, flow
 from pyro_nfvi.transforms.sylvester import householder_product, orthonormalize
 
-F64 = torch.float64
 KINDS = ["orthogonal", "householder", "triangular"]
 
 
-def perturb(module, scale=1.0):
-    """Random raw parameters (owned) or a random hypernetwork (amortized): far from the identity."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return module
-
-
-def bound(module, context):
-    return module.condition(context) if module.context_dim else module
 
 
 def make(dim, context_dim=0, kind="orthogonal", scale=1.0, seed=0, **opts):
@@ -146,7 +135,7 @@ def test_orthonormalize_converges_for_ill_conditioned_and_falls_back_for_singula
     assert (q.mT @ q - torch.eye(4, dtype=F64)).abs().max() < 1e-13
     # the flow then still reports the log-det of the map it computes
     module = Sylvester(6, num_ortho=4).double()
-    perturb(module)
+    perturb(module, 1.0)
     with torch.no_grad():
         module.Q.copy_(singular)
     x = torch.randn(6, dtype=F64)
@@ -171,20 +160,8 @@ def test_householder_and_triangular_q():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("context_dim", [0, 2])
 def test_float64_module_under_float32_default(kind, context_dim):
-    assert torch.get_default_dtype() == torch.float32
     module = make(3, context_dim, kind)
-    ctx = torch.randn(7, context_dim, dtype=F64) if context_dim else None
-    t = bound(module, ctx)
-    x = torch.randn(7, 3, dtype=F64)
-    y, ladj = t.forward_and_log_det(x)
-    assert y.dtype == F64 and ladj.dtype == F64
-    x_back, _ = t.inverse_and_log_det(y)
-    assert x_back.dtype == F64 and (x_back - x).abs().max() < 1e-9
-    base = dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1)
-    value = torch.randn(7, 3, dtype=F64)
-    lp = dist.TransformedDistribution(base, [t]).log_prob(value)
-    x_v, ladj_v = t.inverse_and_log_det(value)
-    assert lp.dtype == F64 and torch.allclose(lp, base.log_prob(x_v) - ladj_v, atol=1e-12)
+    check_float64_under_float32(module, context_dim, inverse_tol=1e-9)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -257,7 +234,7 @@ def test_state_dict_round_trip(kind, context_dim):
 def test_stack_log_det_and_inverse():
     torch.manual_seed(0)
     stack = flow("sylvester", 3, num_flows=3, sylvester_kind="householder").double()
-    perturb(stack)
+    perturb(stack, 1.0)
     x = torch.randn(3, dtype=F64)
     y, ladj = stack.forward_and_log_det(x)
     jac = torch.autograd.functional.jacobian(lambda z: stack.forward_and_log_det(z)[0], x)
