@@ -101,11 +101,7 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         return forward_layers(self.layers, x)
 
     def inverse_and_log_det(self, y):
-        total = y.new_zeros(y.shape[:-1])
-        for layer in reversed(self.layers):
-            y, ladj = layer.inverse_and_log_det(y)
-            total = total + ladj
-        return y, total
+        return inverse_layers(self.layers, y)
 
     def raw_params(self, context):
         """Per-layer raw parameters for ``context``: a list with ``None`` for owned-parameter layers.
@@ -173,6 +169,15 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         return nn.Module.__repr__(self)
 
 
+def inverse_layers(layers, y):
+    """``inverse_and_log_det`` of the composition of ``layers`` (last layer inverted first)."""
+    total = y.new_zeros(y.shape[:-1])
+    for layer in reversed(layers):
+        y, ladj = layer.inverse_and_log_det(y)
+        total = total + ladj
+    return y, total
+
+
 def _linear_head(layer):
     hypernet = getattr(layer, "hypernet", None)
     return hypernet is not None and hypernet.is_linear and not getattr(layer, "chained", False)
@@ -232,11 +237,7 @@ class PlanarRun(FlowTransform):
         return y, ladj
 
     def inverse_and_log_det(self, y):
-        total = y.new_zeros(y.shape[:-1])
-        for layer in reversed(self._bound_layers()):
-            y, ladj = layer.inverse_and_log_det(y)
-            total = total + ladj
-        return y, total
+        return inverse_layers(self._bound_layers(), y)
 
 
 class _BoundStack(FlowTransform):
