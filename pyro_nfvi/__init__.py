@@ -2,6 +2,6 @@
 from . import transforms
 from .guides import AmortizedFlowGuide, AutoFlowGuide
 from .transforms import flow
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["AmortizedFlowGuide", "AutoFlowGuide", "flow", "transforms", "__version__"]

@@ -1,5 +1,12 @@
 """Flow guides for any Pyro model: :class:`AutoFlowGuide`, :class:`AmortizedFlowGuide`, and the fast path
-(:class:`FastSVI`, :func:`fit`: Pyro's ``ELBOModule`` with one torch optimizer)."""
+(:class:`FastSVI`, :func:`fit`: Pyro's ``ELBOModule`` with one torch optimizer).
+
+* :mod:`~pyro_nfvi.guides.sites` -- latent sites and their packing into one unconstrained vector;
+* :mod:`~pyro_nfvi.guides.observed` -- where an amortized guide finds its encoder's input;
+* :mod:`~pyro_nfvi.guides.state` -- what a guide saves (parameters + fingerprint) and the param store;
+* :mod:`~pyro_nfvi.guides.base` -- what the two guides share;
+* :mod:`~pyro_nfvi.guides.fast` -- the fast training path, behind one seam.
+"""
 from .amortized import AmortizedFlowGuide
 from .auto import AutoFlowGuide
 from .fast import FastSVI, fit

@@ -1,6 +1,4 @@
 """AmortizedFlowGuide: an encoder that outputs a flow posterior per data point (Rezende & Mohamed)."""
-from collections import namedtuple
-
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -12,54 +10,16 @@ from torch import nn
 
 from ..nn.encoders import MLP, LocScaleHead
 from ..transforms.stack import flow as build_flow
-from ._util import ParamStoreSync, SitePacker, SiteSpec, latent_sites, own_attr, setup_eagerly
-from .auto import AutoFlowGuide, _check_positive, _hide_fn, check_flow_kind
+from ..validation import check_int
+from .auto import AutoFlowGuide
+from .base import FlowGuide, check_flow_family, jsonable
+from .observed import match_observed, per_point, read_argument
+from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
 __all__ = ["AmortizedFlowGuide"]
 
-#: Where an observed value comes from: ``source`` is ``("arg", i)`` or ``("kwarg", name)``, ``axis``
-#: the data axis of that tensor, ``subsampled`` whether the model indexes it with the plate's indices.
-_InputMap = namedtuple("_InputMap", ["site", "source", "axis", "subsampled"])
 
-
-def _get(source, args, kwargs):
-    kind, key = source
-    return args[key] if kind == "arg" else kwargs[key]
-
-
-def _per_point(value, axis):
-    """Move ``axis`` to the front and flatten the rest: ``(B, -1)``."""
-    return value.movedim(axis, 0).reshape(value.shape[axis], -1)
-
-
-def _same(a, b):
-    return a.shape == b.shape and torch.equal(a.to(b.dtype), b)
-
-
-def _match_observed(site, axis, args, kwargs, indices):
-    """Find the model argument holding the observed value of ``site`` (see AmortizedFlowGuide)."""
-    target = _per_point(site["value"].detach(), axis)
-    B = target.shape[0]
-    candidates = [(("arg", i), a) for i, a in enumerate(args)] + [(("kwarg", k), a) for k, a in kwargs.items()]
-    for source, a in candidates:
-        if not torch.is_tensor(a) or a.dim() == 0:
-            continue
-        for ax in range(a.dim()):
-            n = a.shape[ax]
-            if n == B and a.numel() == target.numel() and _same(_per_point(a, ax), target):
-                return _InputMap(site["name"], source, ax, False)
-            if (
-                indices is not None
-                and n != B
-                and n > int(indices.max())
-                and (a.numel() // n) * B == target.numel()
-                and _same(_per_point(a.index_select(ax, indices.to(a.device)), ax), target)
-            ):
-                return _InputMap(site["name"], source, ax, True)
-    return None
-
-
-class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
+class AmortizedFlowGuide(FlowGuide, AutoGuide):
     r"""Amortized flow guide :math:`q(z_i \mid x_i) = f^{(i)}_K \circ \dots \circ f^{(i)}_1 \# \mathcal N(\mu_i, \sigma_i^2)`
     for the local latents of a plate, with *every* flow parameter predicted per data point.
 
@@ -88,9 +48,9 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
     **For evaluation code:** ``guide.plate``, ``guide.local_sites``, :meth:`encode`,
     :meth:`local_posterior` and :meth:`unpack_local`.
 
-    Parameters are built eagerly from ``model_args``/``model_kwargs`` (needed for
-    :class:`~pyro.infer.JitTrace_ELBO`, warm-up-free ``load_state_dict`` and param-store loading; see
-    :class:`AutoFlowGuide`); a model that needs arguments not given is set up at the first call.
+    **Setup and state** work as in :class:`~pyro_nfvi.guides.AutoFlowGuide`: at the first call with
+    the call's arguments, or at once with ``model_args``/``model_kwargs``; the state is the
+    parameters (global guide included) plus a configuration fingerprint.
 
     References: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015;
     Kingma & Welling, *Auto-Encoding Variational Bayes*, ICLR 2014.
@@ -108,11 +68,12 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         init_scale (float): initial scale of every local posterior.
         global_init_scale (float): initial scale of the global posterior.
         init_loc_fn (callable): initialisation of the global loc.
-        model_args (tuple), model_kwargs (dict): arguments used to trace the model at construction.
+        model_args (tuple), model_kwargs (dict): the model's arguments, to set up at construction.
         create_plates (callable): as in :class:`~pyro.infer.autoguide.AutoGuide` (may return the data plate).
         encoder_activation (str): activation of the MLP encoder.
         num_mc_samples (int): draws used by ``median``/``quantiles`` when there is a flow.
         global_flow_opts (dict): options of the global flow (default: ``flow_opts`` if the families match).
+        name (str): the guide's name in Pyro's param store (default: the class name).
         **flow_opts: options of the local flow layers (e.g. ``hidden=(64,)`` for their hypernetworks).
 
     Example:
@@ -123,7 +84,8 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         ...         z = pyro.sample("z", dist.Normal(mu, 1.0))
         ...         pyro.sample("x", dist.Normal(z, 0.5), obs=x)
         >>> x = torch.randn(10)
-        >>> guide = AmortizedFlowGuide(model, plate="data", num_flows=2, encoder_hidden=(16,), model_args=(x,))
+        >>> guide = AmortizedFlowGuide(model, plate="data", num_flows=2,
+        ...                            encoder_hidden=(16,), model_args=(x,))
         >>> guide.local_sites, {k: tuple(v.shape) for k, v in guide(x).items()}
         (['z'], {'mu': (), 'z': (10,)})
         >>> guide.local_posterior(guide.encode(x)).batch_shape
@@ -136,65 +98,63 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         plate="data",
         flow="planar",
         num_flows=8,
+        *,
         encoder_hidden=(300, 300),
         encoder_input=None,
         encoder=None,
         global_flow=None,
         global_num_flows=None,
-        *,
         init_scale=1.0,
         global_init_scale=0.1,
         init_loc_fn=init_to_median,
-        model_args=(),
+        model_args=None,
         model_kwargs=None,
         create_plates=None,
         encoder_activation="elu",
         num_mc_samples=1000,
         global_flow_opts=None,
+        name=None,
         **flow_opts,
     ):
         if not isinstance(plate, str):
             raise TypeError(f"plate must be the name of a pyro.plate (a str), got {plate!r}")
-        check_flow_kind(flow)
-        global_flow = flow if global_flow is None else check_flow_kind(global_flow, "global_flow")
-        for name, value in (("num_flows", num_flows), ("global_num_flows", global_num_flows)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if encoder_input is not None and not callable(encoder_input):
             raise TypeError("encoder_input must be a callable (*args, **kwargs) -> (N, D_in)")
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
-        if not isinstance(model_args, (tuple, list)):
-            raise TypeError(f"model_args must be a tuple, got {type(model_args).__name__}")
-        super().__init__(model, create_plates=create_plates)
         self.plate = plate
-        self._config = dict(
-            flow=flow,
-            num_flows=num_flows,
-            encoder_hidden=tuple(encoder_hidden),
-            encoder_activation=encoder_activation,
-            global_flow=global_flow,
-            global_num_flows=num_flows if global_num_flows is None else global_num_flows,
-            init_scale=_check_positive("init_scale", init_scale),
-            global_init_scale=_check_positive("global_init_scale", global_init_scale),
-            init_loc_fn=init_loc_fn,
-            flow_opts=dict(flow_opts),
-            global_flow_opts=dict(flow_opts if global_flow == flow else {})
-            if global_flow_opts is None
-            else dict(global_flow_opts),
-        )
+        self.flow_family = check_flow_family(flow)
+        self.num_flows = check_int("num_flows", num_flows, minimum=0)
+        self.global_flow = flow if global_flow is None else check_flow_family(global_flow, "global_flow")
+        self.global_num_flows = num_flows if global_num_flows is None else check_int("global_num_flows", global_num_flows, minimum=0)
+        self.encoder_hidden = tuple(check_int("encoder_hidden", h) for h in encoder_hidden)
+        self.encoder_activation = encoder_activation
+        self.init_scale = self._check_scale("init_scale", init_scale)
+        self.global_init_scale = self._check_scale("global_init_scale", global_init_scale)
+        self.init_loc_fn = init_loc_fn
+        self.flow_opts = dict(flow_opts)
+        if global_flow_opts is None:
+            global_flow_opts = flow_opts if self.global_flow == self.flow_family else {}
+        self.global_flow_opts = dict(global_flow_opts)
+        super().__init__(model, create_plates=create_plates)
         self.encoder_input = encoder_input
         self._user_encoder = encoder
-        self.num_mc_samples = num_mc_samples
-        self.mc_seed = 0
         self.local_sites = None
         self.global_guide = None
-        setup_eagerly(self, model, model_args, model_kwargs)
+        self._init_flow_guide(name, model_args, model_kwargs, num_mc_samples)
 
-    # -- setup --------------------------------------------------------------------------------------
+    # -- setup, in named steps ------------------------------------------------------------------------
     def _setup_prototype(self, *args, **kwargs):
-        cfg, name = self._config, type(self).__name__
         full = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
+        self._find_data_plate(full)
+        latents = self._build_prototype(full)
+        local = self._find_local_sites(latents)
+        x = self._encoder_input_at_setup(full, local, args, kwargs)
+        self._build_global_guide(latents, args, kwargs)
+        self._build_networks(x)
+        self._fingerprint_fields = self._config_fingerprint()
+
+    def _find_data_plate(self, full):
         frames = {}
         for site in full.nodes.values():
             if site["type"] == "sample":
@@ -202,18 +162,19 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
                     frames.setdefault(f.name, f)
         if self.plate not in frames:
             raise ValueError(
-                f"{name}: the model has no plate named {self.plate!r}; its plates are {sorted(frames)}"
+                f"{type(self).__name__}: the model has no plate named {self.plate!r}; its plates are {sorted(frames)}"
             )
         frame = frames[self.plate]
         if not frame.vectorized:
-            raise ValueError(f"{name}: plate {self.plate!r} must be a vectorized pyro.plate, not a sequential one")
+            raise ValueError(f"{type(self).__name__}: plate {self.plate!r} must be a vectorized pyro.plate, not a sequential one")
         self._frame = frame
         self._subsampled = frame.full_size is not None and frame.size != frame.full_size
 
-        # the prototype trace holds the latent, non-enumerated sites (as AutoGuide's does)
+    def _build_prototype(self, full):
+        """The prototype trace holds the latent, non-enumerated sites (as AutoGuide's does)."""
         proto = full.copy()
         for node_name, site in list(full.nodes.items()):
-            if _hide_fn(site):
+            if prototype_hide_fn(site):
                 proto.remove_node(node_name)
         self.prototype_trace = proto
         self._prototype_frames = {}
@@ -222,8 +183,10 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
                 if not f.vectorized:
                     raise NotImplementedError("AutoGuide does not support sequential pyro.plate")
                 self._prototype_frames[f.name] = f
+        return latent_sites(proto, type(self).__name__, forbid_subsampled=False)
 
-        latents = latent_sites(proto, name, forbid_subsampled=False)
+    def _find_local_sites(self, latents):
+        name = type(self).__name__
         local = [s for s in latents if any(f.name == self.plate for f in s["cond_indep_stack"])]
         if not local:
             raise ValueError(
@@ -238,80 +201,96 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
                     f"only the amortization plate {self.plate!r} may be subsampled"
                 )
         self.local_sites = [s["name"] for s in local]
-        self._local_packer = SitePacker([SiteSpec(s, plate_dim=frame.dim) for s in local], local=True)
+        self._local_packer = SitePacker([SiteSpec(s, plate_dim=self._frame.dim) for s in local], local=True)
         self.local_dim = self._local_packer.dim
-        dtype = next(s["value"] for s in local).dtype
-        dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
-        device = next(s["value"] for s in local).device
-        self._dtype = dtype
+        value = local[0]["value"]
+        self._dtype = value.dtype if value.dtype.is_floating_point else torch.get_default_dtype()
+        self._device = value.device
+        return local
 
-        # encoder input: match observed values to the model's arguments
+    def _encoder_input_at_setup(self, full, local, args, kwargs):
+        """Match the observed values to the model's arguments; return the setup batch's input."""
+        name, frame = type(self).__name__, self._frame
         sub = full.nodes.get(self.plate)
         indices = sub["value"] if sub is not None and site_is_subsample(sub) else None
         self._input_map = []
-        if self.encoder_input is None:
-            observed = [
-                s for s in full.nodes.values()
-                if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)
-                and any(f.name == self.plate for f in s["cond_indep_stack"])
-            ]
-            usable = []
-            for s in observed:
-                axis = s["value"].dim() - s["fn"].event_dim + frame.dim
-                if axis >= 0 and s["value"].shape[axis] == frame.size:
-                    usable.append((s, axis))
-            if not usable:
-                raise ValueError(
-                    f"{name}: no observed site inside plate {self.plate!r} varies along it; pass "
-                    "encoder_input=callable(*args, **kwargs) -> (N, D_in)"
-                )
-            for s, axis in usable:
-                m = _match_observed(s, axis, args, kwargs, indices)
-                if m is None:
-                    raise ValueError(
-                        f"{name}: could not find the observed values of site {s['name']!r} (shape "
-                        f"{tuple(s['value'].shape)}) among the model's arguments; pass "
-                        "encoder_input=callable(*args, **kwargs) -> (N, D_in)"
-                    )
-                self._input_map.append(m)
-            x = torch.cat([_per_point(s["value"].detach(), axis) for s, axis in usable], -1)
-        else:
+        if self.encoder_input is not None:
             x = self._call_encoder_input(args, kwargs)
             if self._subsampled and indices is not None and x.shape[0] == frame.full_size:
                 x = x[indices.to(x.device)]
-        x = x.to(dtype=dtype, device=device)
-
-        # global latents: an internal AutoFlowGuide on the model with the local sites hidden
-        global_sites = [s["name"] for s in latents if s["name"] not in self.local_sites]
-        if global_sites:
-            self.global_guide = AutoFlowGuide(
-                poutine.block(self.model, hide=list(self.local_sites)),
-                flow=cfg["global_flow"],
-                num_flows=cfg["global_num_flows"],
-                init_loc_fn=cfg["init_loc_fn"],
-                init_scale=cfg["global_init_scale"],
-                model_args=tuple(args),
-                model_kwargs=kwargs,
-                **cfg["global_flow_opts"],
+            return x.to(dtype=self._dtype, device=self._device)
+        observed = [
+            s for s in full.nodes.values()
+            if s["type"] == "sample" and s["is_observed"] and not site_is_subsample(s)
+            and any(f.name == self.plate for f in s["cond_indep_stack"])
+        ]
+        usable = []
+        for s in observed:
+            axis = s["value"].dim() - s["fn"].event_dim + frame.dim
+            if axis >= 0 and s["value"].shape[axis] == frame.size:
+                usable.append((s, axis))
+        if not usable:
+            raise ValueError(
+                f"{name}: no observed site inside plate {self.plate!r} varies along it; pass "
+                "encoder_input=callable(*args, **kwargs) -> (N, D_in)"
             )
-        else:
-            self.global_guide = None
+        for s, axis in usable:
+            m = match_observed(s, axis, args, kwargs, indices)
+            if m is None:
+                raise ValueError(
+                    f"{name}: could not find the observed values of site {s['name']!r} (shape "
+                    f"{tuple(s['value'].shape)}) among the model's arguments; pass "
+                    "encoder_input=callable(*args, **kwargs) -> (N, D_in)"
+                )
+            self._input_map.append(m)
+        x = torch.cat([per_point(s["value"].detach(), axis) for s, axis in usable], -1)
+        return x.to(dtype=self._dtype, device=self._device)
 
-        # encoder trunk, heads and the amortized flow
-        if self._user_encoder is None:
-            encoder = MLP(x.shape[-1], cfg["encoder_hidden"], activation=cfg["encoder_activation"])
-        else:
-            encoder = self._user_encoder
-        encoder = encoder.to(dtype=dtype, device=device)
+    def _build_global_guide(self, latents, args, kwargs):
+        """Latents outside the plate: an internal AutoFlowGuide on the model with the local sites hidden."""
+        if not any(s["name"] not in self.local_sites for s in latents):
+            self.global_guide = None
+            return
+        self.global_guide = AutoFlowGuide(
+            poutine.block(self.model, hide=list(self.local_sites)),
+            flow=self.global_flow,
+            num_flows=self.global_num_flows,
+            init_loc_fn=self.init_loc_fn,
+            init_scale=self.global_init_scale,
+            model_args=tuple(args),
+            model_kwargs=kwargs,
+            **self.global_flow_opts,
+        )
+        self.global_guide._nested = True  # this guide carries its state
+
+    def _build_networks(self, x):
+        """The encoder trunk, the loc/scale head and the amortized flow (context = the trunk's output)."""
+        encoder = self._user_encoder
+        if encoder is None:
+            encoder = MLP(x.shape[-1], self.encoder_hidden, activation=self.encoder_activation)
+        encoder = encoder.to(dtype=self._dtype, device=self._device)
         with torch.no_grad():
             hidden_dim = encoder(x[:16]).shape[-1]
         self.encoder = encoder
-        self.head = LocScaleHead(hidden_dim, self.local_dim, init_scale=cfg["init_scale"]).to(dtype=dtype, device=device)
-        stack = build_flow(cfg["flow"], self.local_dim, cfg["num_flows"], context_dim=hidden_dim, **cfg["flow_opts"])
-        self.flow_stack = stack.to(dtype=dtype, device=device)
+        self.head = LocScaleHead(hidden_dim, self.local_dim, init_scale=self.init_scale).to(self._device, self._dtype)
+        stack = build_flow(self.flow_family, self.local_dim, self.num_flows, context_dim=hidden_dim, **self.flow_opts)
+        self.flow_stack = stack.to(dtype=self._dtype, device=self._device)
         self.input_dim = x.shape[-1]
         self.hidden_dim = hidden_dim
-        self._reset_store_cache()
+
+    def _config_fingerprint(self):
+        return {
+            "guide": type(self).__name__,
+            "plate": self.plate,
+            "flow": self.flow_family,
+            "num_flows": self.num_flows,
+            "flow_opts": jsonable(self.flow_opts),
+            "encoder": "MLP" if self._user_encoder is None else type(self._user_encoder).__name__,
+            "encoder_hidden": list(self.encoder_hidden) if self._user_encoder is None else None,
+            "input_dim": self.input_dim,
+            "local_sites": [[s.name, list(s.shape)] for s in self._local_packer.specs],
+            "global": None if self.global_guide is None else self.global_guide._fingerprint_fields,
+        }
 
     def _check_prototype(self, part_trace):
         for name, part_site in part_trace.iter_stochastic_nodes():
@@ -319,10 +298,6 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
             if self_site is not None and part_site["value"].shape != self_site["value"].shape:
                 raise ValueError(f"site {name!r} has shape {tuple(part_site['value'].shape)} in a part guide "
                                  f"but {tuple(self_site['value'].shape)} in the model")
-
-    def _ensure_setup(self, args, kwargs):
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
 
     # -- encoder input and plates -------------------------------------------------------------------
     def _call_encoder_input(self, args, kwargs):
@@ -335,45 +310,47 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         return x
 
     def _gather(self, args, kwargs, indices=None):
-        """The encoder input ``(B, D_in)``; ``indices`` selects rows of subsampled sources."""
+        """The encoder input ``(B, D_in)`` from the matched arguments; ``indices`` selects rows of subsampled ones."""
         parts = []
         for m in self._input_map:
-            a = _get(m.source, args, kwargs)
+            a = read_argument(m.source, args, kwargs)
             if m.subsampled and indices is not None:
-                a = a.index_select(m.axis, indices)
-            parts.append(_per_point(a, m.axis))
+                a = a.index_select(m.axis, indices.to(a.device))
+            parts.append(per_point(a, m.axis))
         x = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
         return x.to(self._dtype)
 
-    def _data_plate(self, args, kwargs):
+    def _data_source(self, args, kwargs):
+        """``(make_plate, rows)``: ``make_plate()`` builds the data plate of this call (unless
+        ``create_plates`` supplies it) and ``rows(indices) -> (B, D_in)`` reads its encoder input."""
         f = self._frame
         if self._input_map:
             m = self._input_map[0]
-            n = _get(m.source, args, kwargs).shape[m.axis]
+            n = read_argument(m.source, args, kwargs).shape[m.axis]
             subsampled_source = m.subsampled
+
+            def rows(indices):
+                return self._gather(args, kwargs, indices)
         else:
             x = self._call_encoder_input(args, kwargs)
-            self.__dict__["_call_input"] = x
             n = x.shape[0]
             subsampled_source = self._subsampled and n == f.full_size
-        if subsampled_source:
-            return pyro.plate(self.plate, n, subsample_size=min(f.size, n), dim=f.dim)
-        if self._subsampled:
-            # the arguments already hold the minibatch: subsample indices only set the scale
-            return pyro.plate(self.plate, f.full_size, subsample_size=n, dim=f.dim)
-        return pyro.plate(self.plate, n, dim=f.dim)
 
-    def _input_for(self, args, kwargs, indices):
-        if self._input_map:
-            return self._gather(args, kwargs, indices)
-        x = self.__dict__.pop("_call_input", None)
-        if x is None:  # the data plate came from create_plates
-            x = self._call_encoder_input(args, kwargs)
-        if x.shape[0] != indices.shape[0]:
-            x = x.index_select(0, indices.to(x.device))
-        return x.to(self._dtype)
+            def rows(indices):
+                out = x if x.shape[0] == indices.shape[0] else x.index_select(0, indices.to(x.device))
+                return out.to(self._dtype)
 
-    def _create_plates(self, *args, **kwargs):
+        def make_plate():
+            if subsampled_source:
+                return pyro.plate(self.plate, n, subsample_size=min(f.size, n), dim=f.dim)
+            if self._subsampled:
+                # the arguments already hold the minibatch: subsample indices only set the scale
+                return pyro.plate(self.plate, f.full_size, subsample_size=n, dim=f.dim)
+            return pyro.plate(self.plate, n, dim=f.dim)
+
+        return make_plate, rows
+
+    def _make_plates(self, args, kwargs, make_data_plate):
         if self.master is not None:
             self.plates = self.master().plates
             return self.plates
@@ -386,22 +363,19 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
             if name not in plates and name != self.plate:
                 plates[name] = pyro.plate(name, frame.full_size or frame.size, dim=frame.dim, subsample_size=frame.size)
         if self.plate not in plates:
-            plates[self.plate] = self._data_plate(args, kwargs)
+            plates[self.plate] = make_data_plate()
         self.plates = plates
         return plates
 
-    # -- the local posterior ------------------------------------------------------------------------
-    def _encode(self, x, encoder, head, stack):
-        h = encoder(x)
-        loc, scale_raw = head(h)
-        return {"loc": loc, "scale_raw": scale_raw, "flow": stack.raw_params(h) if len(stack) else []}
+    def _create_plates(self, *args, **kwargs):
+        return self._make_plates(args, kwargs, self._data_source(args, kwargs)[0])
 
-    @staticmethod
-    def _posterior(encoded, stack):
-        base = dist.Normal(encoded["loc"], nn.functional.softplus(encoded["scale_raw"])).to_event(1)
-        if not len(stack):
-            return base
-        return dist.TransformedDistribution(base, [stack.bind(encoded["flow"])])
+    # -- the local posterior ------------------------------------------------------------------------
+    def _encode(self, x):
+        h = self.encoder(x)
+        loc, scale_raw = self.head(h)
+        stack = self.flow_stack
+        return {"loc": loc, "scale_raw": scale_raw, "flow": stack.raw_params(h) if len(stack) else []}
 
     def encode(self, *args, **kwargs):
         """Per-data-point variational parameters for every data point in the arguments.
@@ -411,9 +385,8 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         subsampled plate, ``N`` is the full number of data points.
         """
         self._ensure_setup(args, kwargs)
-        self._sync_param_store()
         x = self._gather(args, kwargs) if self._input_map else self._call_encoder_input(args, kwargs).to(self._dtype)
-        return self._encode(x, self.encoder, self.head, self.flow_stack)
+        return self._encode(x)
 
     def local_posterior(self, encoded):
         """The distribution of the packed local latents given :meth:`encode`'s output.
@@ -421,7 +394,11 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         Batch shape ``(N,)``, event shape ``(D,)``; differentiable w.r.t. the encoded tensors (which may
         be refined as free tensors).
         """
-        return self._posterior(encoded, self.flow_stack)
+        base = dist.Normal(encoded["loc"], nn.functional.softplus(encoded["scale_raw"])).to_event(1)
+        stack = self.flow_stack
+        if not len(stack):
+            return base
+        return dist.TransformedDistribution(base, [stack.bind(encoded["flow"])])
 
     def unpack_local(self, z, log_det=False):
         """``{site: constrained value}`` for a packed draw ``z`` of shape ``(..., N, D)``.
@@ -438,17 +415,16 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
     def forward(self, *args, **kwargs):
         """Sample the global and local latent sites given the model's ``*args, **kwargs``."""
         self._ensure_setup(args, kwargs)
-        self._sync_param_store()
-        plates = self._create_plates(*args, **kwargs)
+        make_data_plate, rows = self._data_source(args, kwargs)
+        plates = self._make_plates(args, kwargs, make_data_plate)
         result = {}
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
-        encoder, head, stack = (own_attr(self, n) for n in ("encoder", "head", "flow_stack"))
         ones = (1,) * (-self._frame.dim - 1)
         with plates[self.plate] as indices:
-            x = self._input_for(args, kwargs, indices)
+            x = rows(indices)
             x = x.reshape(x.shape[:1] + ones + x.shape[1:])
-            q = self._posterior(self._encode(x, encoder, head, stack), stack)
+            q = self.local_posterior(self._encode(x))
             z = pyro.sample(f"_{self._pyro_name}_local_latent", q, infer={"is_auxiliary": True})
             if ones:
                 z = z.reshape(z.shape[: z.dim() - 1 - len(ones)] + z.shape[-1:])
@@ -461,19 +437,22 @@ class AmortizedFlowGuide(ParamStoreSync, AutoGuide):
         """Per-coordinate posterior quantiles of every site, ``{name: (len(quantiles),) + shape}``.
 
         Global sites as in :class:`AutoFlowGuide`; local sites for every data point in the arguments
-        (Monte Carlo with ``num_mc_samples`` draws under a fixed seed when there is a flow).
+        (Monte Carlo with ``num_mc_samples`` draws under a fixed seed when there is a flow, kept until
+        a parameter or an argument changes).
         """
         encoded = self.encode(*args, **kwargs)
-        q = torch.as_tensor(quantiles, dtype=encoded["loc"].dtype).reshape(-1)
+        q = self._check_quantiles(quantiles, encoded["loc"])
         if not len(self.flow_stack):
             scale = nn.functional.softplus(encoded["scale_raw"])
             latents = dist.Normal(encoded["loc"], scale).icdf(q.reshape((-1,) + (1,) * encoded["loc"].dim()))
         else:
-            with torch.random.fork_rng(devices=[encoded["loc"].device] if encoded["loc"].is_cuda else []):
-                torch.manual_seed(self.mc_seed)
-                draws = self.local_posterior(encoded).sample((self.num_mc_samples,))
+            values = list(args) + list(kwargs.values())
+            key = tuple((id(a), a._version) if torch.is_tensor(a) else id(a) for a in values)
+            draws = self._cached_draws(
+                key, lambda: self.local_posterior(encoded).sample((self.num_mc_samples,)), keep=values
+            )
             latents = torch.quantile(draws, q, dim=0)
-        result = {name: v for name, v in self.unpack_local(latents).items()}
+        result = dict(self.unpack_local(latents))
         if self.global_guide is not None:
             result.update(self.global_guide.quantiles(quantiles, *args, **kwargs))
         return result

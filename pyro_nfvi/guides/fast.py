@@ -30,7 +30,7 @@ import torch
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 from pyro.nn.module import PyroModule
 
-from ._util import direct_params
+from ..validation import check_int, check_positive
 
 __all__ = ["FastSVI", "fit"]
 
@@ -91,6 +91,11 @@ class FastSVI:
     """
 
     def __init__(self, model, guide, loss=None, optimizer=None, lr=1e-3, clip_norm=None):
+        lr = check_positive("lr", lr)
+        if clip_norm is not None:
+            clip_norm = check_positive("clip_norm", clip_norm)
+        if optimizer is not None and not callable(optimizer):
+            raise TypeError("optimizer must be a callable params -> torch.optim.Optimizer")
         _check_contexts(model, guide)
         self.model, self.guide = model, guide
         self.loss = Trace_ELBO() if loss is None else loss
@@ -109,9 +114,12 @@ class FastSVI:
         return [p for p in self.loss_fn.parameters() if p.requires_grad]
 
     def step(self, *args, **kwargs):
-        """Take one gradient step on a fresh ELBO estimate; return the loss as a float."""
-        with direct_params():
-            loss = self.loss_fn(*args, **kwargs)
+        """Take one gradient step on a fresh ELBO estimate; return the loss as a float.
+
+        An objective with a step counter (``advance()``, e.g. :class:`~pyro_nfvi.objectives.AnnealedELBO`)
+        is advanced once per step, as ``SVI.step`` does through ``loss_and_grads``.
+        """
+        loss = self.loss_fn(*args, **kwargs)
         if self.optimizer is None:
             params = self.parameters()
             if not params:
@@ -122,13 +130,15 @@ class FastSVI:
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_norm)
         self.optimizer.step()
+        advance = getattr(self.loss, "advance", None)
+        if callable(advance):
+            advance()
         return loss.item()
 
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs):
         """The loss (negative ELBO estimate) without a gradient step."""
-        with direct_params():
-            return self.loss_fn(*args, **kwargs).item()
+        return self.loss_fn(*args, **kwargs).item()
 
 
 def fit(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=None, callback=None, **kwargs):
@@ -153,6 +163,7 @@ def fit(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=None,
         >>> bool(abs(guide.median()["z"] - 3.0) < 0.5)
         True
     """
+    num_steps = check_int("num_steps", num_steps, minimum=0)
     svi = FastSVI(model, guide, loss=loss, optimizer=optimizer, lr=lr)
     losses = []
     for step in range(num_steps):

@@ -249,7 +249,7 @@ def test_create_plates_supplies_the_data_plate():
     trace = pyro.poutine.trace(guide).get_trace(Y)
     assert torch.equal(trace.nodes["data"]["value"], indices)
     # the encoder saw exactly the subsampled rows
-    expected = guide.local_posterior(guide._encode(Y[indices], guide.encoder, guide.head, guide.flow_stack))
+    expected = guide.local_posterior(guide._encode(Y[indices]))
     z = trace.nodes[f"_{guide._pyro_name}_local_latent"]["value"]
     assert torch.allclose(trace.nodes[f"_{guide._pyro_name}_local_latent"]["fn"].log_prob(z), expected.log_prob(z))
     assert math.isfinite(Trace_ELBO().loss(hierarchical, guide, Y))

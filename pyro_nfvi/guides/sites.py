@@ -1,4 +1,4 @@
-"""Shared machinery of the flow guides: site discovery, checks, packing and param-store sync.
+"""The latent sites of a model and their packing into one unconstrained vector.
 
 * :func:`latent_sites` -- the latent sample sites of a traced model, with clear errors for
   discrete sites that are not enumerated and (optionally) for local latents in subsampled plates.
@@ -6,42 +6,23 @@
   (global) or one flat vector per data point (local) and emits each model site back as a
   :class:`~pyro.distributions.Delta` with the log-density of the change of variables
   (:func:`torch.distributions.biject_to`).  Both guides use this single implementation.
-* :class:`ParamStoreSync` -- a mixin that keeps Pyro's global param store and a ``PyroModule``'s own
-  ``nn.Parameter`` s and buffers in step, so ``pyro.get_param_store().save/load`` round-trips
-  every weight *and* every buffer (e.g. a flow's permutation) of an eagerly built guide.
-* :func:`can_call_without_args` -- whether a model can be traced without arguments (eager setup).
+* :func:`prototype_hide_fn` -- which sites a guide's prototype trace leaves out.
 
 Reference: Kucukelbir et al., *Automatic Differentiation Variational Inference*, JMLR 2017 (the
 packing of constrained sites into one unconstrained vector).
 """
-import inspect
-import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import constraints
 from pyro.distributions.util import sum_rightmost
-from pyro.nn.module import PyroModule, _is_module_local_param_enabled
-from pyro.params.param_store import param_with_module_name
 from pyro.poutine.util import site_is_subsample
-from torch import nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform
 
-__all__ = [
-    "setup_eagerly",
-    "direct_params",
-    "own_attr",
-    "SiteSpec",
-    "SitePacker",
-    "ParamStoreSync",
-    "latent_sites",
-    "can_call_without_args",
-    "is_enumerated",
-]
+__all__ = ["SitePacker", "SiteSpec", "is_enumerated", "latent_sites", "prototype_hide_fn"]
 
 
 def is_enumerated(site):
@@ -55,6 +36,16 @@ def is_enumerated(site):
         (True, False)
     """
     return site["infer"].get("enumerate") in ("parallel", "sequential")
+
+
+def prototype_hide_fn(msg):
+    """Whether a guide's prototype trace leaves ``msg`` out: it keeps latent, non-enumerated sample sites.
+
+    Example:
+        >>> prototype_hide_fn({"type": "param"})
+        True
+    """
+    return msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg) or is_enumerated(msg)
 
 
 def _is_identity(transform):
@@ -261,177 +252,3 @@ class SitePacker:
                         stack.enter_context(plates[frame.name])
                 result[spec.name] = pyro.sample(spec.name, delta)
         return result
-
-
-def setup_eagerly(guide, model, model_args, model_kwargs):
-    """Run ``guide._setup_prototype`` now when the model's arguments are known; else leave it lazy.
-
-    The prototype is built from ``model_args``/``model_kwargs`` when given, or from no arguments
-    when the model's signature (or, failing inspection, a trial call) allows it.  Otherwise
-    ``guide.prototype_trace`` stays ``None`` and the guide sets itself up on its first call.
-    """
-    model_kwargs = dict(model_kwargs or {})
-    callable_without_args = can_call_without_args(model)
-    if model_args or model_kwargs or callable_without_args:
-        guide._setup_prototype(*model_args, **model_kwargs)
-    elif callable_without_args is None:
-        try:
-            guide._setup_prototype()
-        except TypeError:
-            guide.prototype_trace = None  # needs arguments: set up on the first call
-
-
-def can_call_without_args(model):
-    """Whether ``model()`` can be called with no arguments, judged from its signature.
-
-    Args:
-        model (callable): a function or an ``nn.Module`` (its ``forward`` is inspected).
-
-    Returns:
-        bool or None: ``None`` when the signature cannot be inspected.
-
-    Example:
-        >>> can_call_without_args(lambda: None), can_call_without_args(lambda x: None)
-        (True, False)
-    """
-    fn = model.forward if isinstance(model, nn.Module) else model
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    try:
-        sig.bind()
-    except TypeError:
-        return False
-    return True
-
-
-def _join(prefix, name):
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _store_entries(module, fullname):
-    """``(store name, owner module, attribute, is_buffer)`` for every parameter and buffer, named
-    as ``PyroModule`` names them in the param store (``pyro.module`` naming for plain submodules)."""
-    out = []
-    for n, p in module._parameters.items():
-        if p is not None:
-            out.append((_join(fullname, n), module, n, False))
-    for n, b in module._buffers.items():
-        if b is not None and n not in module._non_persistent_buffers_set:
-            out.append((_join(fullname, n), module, n, True))
-    for c, child in module._modules.items():
-        if child is None:
-            continue
-        cname = _join(fullname, c)
-        if isinstance(child, PyroModule):
-            out += _store_entries(child, cname)
-            continue
-        for mod_name, mod in child.named_modules():
-            for n, p in mod._parameters.items():
-                if p is not None:
-                    out.append((param_with_module_name(cname, _join(mod_name, n)), mod, n, False))
-            for n, b in mod._buffers.items():
-                if b is not None and n not in mod._non_persistent_buffers_set:
-                    out.append((param_with_module_name(cname, _join(mod_name, n)), mod, n, True))
-    return out
-
-
-#: ``id(tensor) -> weakref`` of every tensor a guide has put in the param store (see ParamStoreSync).
-_OWNED = {}
-
-
-def _own(tensor):
-    key = id(tensor)
-    _OWNED[key] = weakref.ref(tensor, lambda _, key=key: _OWNED.pop(key, None))
-
-
-def _owned(tensor):
-    ref = _OWNED.get(id(tensor))
-    return ref is not None and ref() is tensor
-
-
-class ParamStoreSync:
-    """Mixin for a ``PyroModule`` guide whose weights are plain ``nn.Parameter`` s and buffers.
-
-    ``PyroModule`` registers an ``nn.Parameter`` in Pyro's global param store when it is used, but
-    never reads it back, and buffers are not registered at all; so after
-    ``pyro.get_param_store().load(path)`` a freshly built guide would silently keep its random
-    initial flow weights and permutations.  :meth:`_sync_param_store` (called by the guides at the
-    start of each call) keeps the two in step under the names ``PyroModule`` uses:
-
-    * an entry that no live guide put in the store (loaded with ``load``/``set_state``) is copied
-      *into* the guide's tensor, which then replaces it in the store;
-    * otherwise the guide's tensor, buffers included (as non-trainable entries with constraint
-      ``real``), is put in the store, so ``save`` writes it.  An entry left by another guide of
-      the same name (e.g. a guide built earlier for another model) is replaced.
-
-    Nothing happens under ``pyro.settings.set(module_local_params=True)``: there the global store is
-    not used; checkpoint with ``guide.state_dict()``.
-    """
-
-    def _sync_param_store(self):
-        if _is_module_local_param_enabled():
-            return
-        cache = self.__dict__.get("_store_cache")
-        if cache is None or cache[0] != self._pyro_name:
-            cache = (self._pyro_name, _store_entries(self, self._pyro_name))
-            self.__dict__["_store_cache"] = cache
-        store = pyro.get_param_store()
-        params = store._params
-        for name, owner, attr, is_buffer in cache[1]:
-            tensor = owner._buffers[attr] if is_buffer else owner._parameters[attr]
-            existing = params.get(name)
-            if existing is tensor:
-                continue
-            if existing is not None:
-                if not _owned(existing):
-                    if existing.shape != tensor.shape:
-                        raise ValueError(
-                            f"the param store holds {name!r} with shape {tuple(existing.shape)} but the "
-                            f"guide's tensor has shape {tuple(tensor.shape)}; call pyro.clear_param_store() "
-                            "or give the guide a different name"
-                        )
-                    with torch.no_grad():
-                        tensor.copy_(existing.detach())
-                store._param_to_name.pop(existing, None)
-            params[name] = tensor
-            store._param_to_name[tensor] = name
-            store._constraints[name] = constraints.real
-            _own(tensor)
-
-    def _reset_store_cache(self):
-        self.__dict__.pop("_store_cache", None)
-
-
-_DIRECT = [False]
-
-
-@contextmanager
-def direct_params():
-    """While active, and with ``module_local_params``, guides read their weights without param messages.
-
-    Under ``pyro.settings.set(module_local_params=True)`` a ``PyroModule`` still emits one (unused)
-    ``param`` message per parameter of each attribute it reads, so that ``SVI`` with a
-    ``pyro.optim`` optimizer can find them.  :class:`~pyro_nfvi.guides.fast.FastSVI` owns its torch
-    optimizer and needs none of them; it runs its steps inside this context, where
-    :func:`own_attr` reads the guide's parameters and submodules directly.  Outside it (standard
-    ``SVI``, ``Predictive``, JIT) every message is emitted as usual.
-    """
-    previous = _DIRECT[0]
-    _DIRECT[0] = True
-    try:
-        yield
-    finally:
-        _DIRECT[0] = previous
-
-
-def own_attr(module, name):
-    """``getattr(module, name)``, skipping PyroModule's param messages inside :func:`direct_params`."""
-    if _DIRECT[0] and _is_module_local_param_enabled() and not torch._C._get_tracing_state():
-        d = module.__dict__
-        if name in d["_parameters"]:
-            return d["_parameters"][name]
-        if name in d["_modules"]:
-            return d["_modules"][name]
-    return getattr(module, name)
