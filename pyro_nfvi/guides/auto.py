@@ -17,20 +17,18 @@ __all__ = ["AutoFlowGuide"]
 
 
 class AutoFlowGuide(FlowGuide, AutoContinuous):
-    r"""Flow posterior :math:`q(z) = (\mu + \sigma \odot \cdot) \circ f_K \circ \dots \circ f_1 \# \mathcal N(0, I)`
+    r"""Flow posterior :math:`q(z) = f_K \circ \dots \circ f_1 \circ (\mu + \sigma \odot \cdot) \# \mathcal N(0, I)`
     over all latent sites of a model, packed into one unconstrained vector.
 
     Every continuous latent site is mapped to the real line with ``biject_to(support)`` (positive,
     simplex, correlation Cholesky, bounded, ...), the unconstrained values are concatenated into
-    one vector :math:`z \in \mathbb R^D`, and :math:`z` is drawn by pushing :math:`\mathcal N(0, I)`
-    through a flow stack built by :func:`pyro_nfvi.transforms.flow` and then a learnable affine map.
-    The flow works in standardised coordinates: the affine map carries the location and scale of
-    the posterior, the flow its shape.  At initialisation the flow is the identity or an orthogonal
-    map (Householder reflections, IAF permutations), so the posterior starts as
-    :math:`\mathcal N(\mu_0, \sigma_0^2)` with :math:`\mu_0` from ``init_loc_fn`` (default
-    :func:`~pyro.infer.autoguide.initialization.init_to_median`) and :math:`\sigma_0` =
-    ``init_scale``, at a cost linear in the number of parameters.  ``flow="none"`` gives the
-    Gaussian baseline through the same code.
+    one vector :math:`z \in \mathbb R^D`, and :math:`z` is drawn from a learnable diagonal Gaussian
+    pushed through a flow stack built by :func:`pyro_nfvi.transforms.flow` (Rezende & Mohamed's
+    design).  At initialisation the flow is the identity or a linear map (Householder reflections,
+    IAF permutations), and the Gaussian is placed so that the posterior starts centred at
+    ``init_loc_fn``'s values (default :func:`~pyro.infer.autoguide.initialization.init_to_median`)
+    with scale ``init_scale``; placing it costs a few network passes, not one per dimension.
+    ``flow="none"`` gives the Gaussian baseline through the same code.
 
     It is a Pyro :class:`~pyro.infer.autoguide.AutoContinuous`, so ``median()``, ``quantiles()``,
     ``get_posterior()``, ``sample_latent()``, :class:`~pyro.infer.Predictive` and
@@ -123,7 +121,18 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             init = init.to(torch.get_default_dtype())
         stack = build_flow(self._flow_family, self.latent_dim, self._num_flows, **self._flow_opts)
         self.flow_stack = stack.to(dtype=init.dtype, device=init.device)
-        self.loc = nn.Parameter(init.clone())
+        loc = init.clone()
+        if len(stack):
+            # layers that are not the identity at initialisation (Householder reflections, IAF
+            # permutations, the gated IAF's scale) map N(loc, scale^2) to a Gaussian centred at
+            # f(loc): start at f^-1(init).  Every layer is an explicit linear map at this point, and
+            # the IAF inverse stops at its fixed point, so this costs a few passes, not D.
+            with torch.no_grad():
+                try:
+                    loc = stack.inverse_and_log_det(init)[0].clone()
+                except NotImplementedError:
+                    pass
+        self.loc = nn.Parameter(loc)
         self.scale_raw = nn.Parameter(torch.full_like(init, inverse_softplus(self._init_scale)))
         self._fingerprint_fields = self._config_fingerprint()
 
@@ -147,17 +156,17 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         return dist.Normal(loc.new_zeros(()), loc.new_ones(())).expand([self.latent_dim]).to_event(1)
 
     def _transforms(self):
-        parts = [self.flow_stack] if len(self.flow_stack) else []
         scale = nn.functional.softplus(self.scale_raw)
-        return parts + [AffineTransform(self.loc, scale, event_dim=1, cache_size=1)]
+        parts = [AffineTransform(self.loc, scale, event_dim=1, cache_size=1)]
+        return parts + [self.flow_stack] if len(self.flow_stack) else parts
 
     def get_transform(self, *args, **kwargs):
-        """The map from the base to the packed latent: the flow, then ``loc + scale * z``."""
+        """The map from the base to the packed latent: ``loc + scale * eps``, then the flow."""
         self._ensure_setup(args, kwargs)
         return ComposeTransform(self._transforms())
 
     def get_posterior(self, *args, **kwargs):
-        """``TransformedDistribution(Normal(0, 1)^D, [flow stack, affine(loc, scale)])``."""
+        """``TransformedDistribution(Normal(0, 1)^D, [affine(loc, scale), flow stack])``."""
         self._ensure_setup(args, kwargs)
         return dist.TransformedDistribution(self.get_base_dist(), self._transforms())
 

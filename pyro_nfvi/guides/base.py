@@ -104,5 +104,6 @@ class FlowGuide(GuideState):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.pop("_draws_cache", None)
+        for key in ("_draws_cache", "_written_fingerprint", "_entry_cache"):
+            state.pop(key, None)
         return state

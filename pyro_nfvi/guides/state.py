@@ -17,11 +17,13 @@ both.  There are three ways to save and load a guide, and all of them are exact:
   its own parameters, at its next call or at its next ``state_dict()``, whichever comes first.
 
 **Two guides of one name.**  The store has one entry per name; Pyro's own autoguides of the same
-name silently share it.  Here a name belongs to the live guide that last wrote it: a guide whose
-entries were since overwritten by another live guide of the same name raises at its next call
-(give the guides distinct names with ``name=...``), instead of quietly taking the other's values.
-Which guides are alive is known from a weak-value table of guide *instances*, so a state saved to
-disk and loaded later is told apart from one written by a guide in memory.
+name silently share it.  Here a name belongs to the guide that last wrote it: a new guide starts
+from its own initial values (it takes over entries that another guide in memory wrote, and that
+were not loaded from disk), and a guide whose entries were since overwritten by another live guide
+of the same name raises at its next call (give the guides distinct names with ``name=...``)
+instead of quietly taking the other's values.  A load is told apart from a write by the
+fingerprint tensor itself: the package keeps a weak table of the fingerprint tensors its guides
+wrote in this process; a state loaded from disk is a new tensor, absent from that table.
 
 **``module_local_params=True``.**  Then Pyro does not use its global store; the guide never writes
 to it, and if the store holds a loaded state for the guide's name it raises instead of ignoring it
@@ -31,7 +33,7 @@ Reference: Bingham et al., *Pyro: Deep Universal Probabilistic Programming*, JML
 store and ``PyroModule``).
 """
 import json
-import uuid
+import warnings
 import weakref
 
 import pyro
@@ -43,13 +45,14 @@ from ..version import __version__
 
 __all__ = ["GuideState", "fingerprint_diff"]
 
-#: token -> live guide; a fingerprint in the store names the token of the guide that wrote it.
-_LIVE_GUIDES = weakref.WeakValueDictionary()
-_IGNORED = ("token", "version")
+#: id(fingerprint tensor) -> (weakref to it, weakref to the guide that wrote it into the store), for
+#: the fingerprints written in this process: any other fingerprint in the store was loaded.
+_WRITES = {}
+_IGNORED = ("version",)
 
 
 def fingerprint_diff(saved, current):
-    """The entries in which two fingerprints (dicts) differ, ignoring the writer token and version.
+    """The entries in which two fingerprints (dicts) differ, ignoring the package version.
 
     Example:
         >>> fingerprint_diff({"flow": "iaf", "num_flows": 2}, {"flow": "iaf", "num_flows": 3})
@@ -110,21 +113,18 @@ class GuideState:
     """
 
     def _init_state(self):
-        self._token = uuid.uuid4().hex
         self._claimed = False
         self._nested = False  # True for a guide inside another flow guide: the outer one syncs
         self._entry_cache = None
-        _LIVE_GUIDES[self._token] = self
         self.register_state_dict_pre_hook(_state_dict_pre_hook)
         self.register_load_state_dict_pre_hook(_load_state_dict_pre_hook)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         # a copy (torch.load, copy.deepcopy) is a guide of its own
-        self._token = uuid.uuid4().hex
         self._claimed = False
         self._entry_cache = None
-        _LIVE_GUIDES[self._token] = self
+        self.__dict__.pop("_written_fingerprint", None)
 
     # -- the fingerprint ------------------------------------------------------------------------------
     @property
@@ -156,9 +156,14 @@ class GuideState:
         tensor = _stored(pyro.get_param_store(), self._fingerprint_name())
         return (None, None) if tensor is None else (tensor, _decode(tensor))
 
-    def _written_by_live_guide(self, fp):
-        writer = _LIVE_GUIDES.get(fp.get("token"))
-        return writer is not None and writer is not self
+    @staticmethod
+    def _writer(tensor):
+        """``(written here, writer)``: whether a guide of this process wrote the fingerprint ``tensor``
+        into the store (else it was loaded), and that guide if it is still alive."""
+        entry = _WRITES.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return False, None
+        return True, entry[1]()
 
     def _adopt(self, fp):
         """Copy a loaded state (checked against the fingerprint) from the store into the parameters."""
@@ -188,14 +193,22 @@ class GuideState:
         tensor, fp = self._stored_fingerprint()
         if tensor is None or tensor is self.__dict__.get("_written_fingerprint"):
             return False
-        if self._written_by_live_guide(fp):
-            if self._claimed:
+        written_here, writer = self._writer(tensor)
+        if written_here:
+            if writer is not None and writer is not self and self._claimed:
                 raise RuntimeError(
                     f"another live guide named {self._pyro_name!r} has since written its own parameters to "
                     "Pyro's param store under this name; give each guide its own name (name=...), or call "
                     "pyro.clear_param_store() and keep one guide"
                 )
-            return False  # a guide not yet called takes the name over
+            if writer is not None and writer is not self:
+                warnings.warn(
+                    f"this guide takes over the param-store entries of another live guide named {self._pyro_name!r}, "
+                    "which will raise if it is called again; give each guide its own name (name=...)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            return False  # entries of a guide not loaded from disk: this guide takes the name over
         self._adopt(fp)
         return True
 
@@ -207,25 +220,33 @@ class GuideState:
                 if not tensor.is_contiguous():  # the store keeps a contiguous copy of anything else
                     tensor.data = tensor.data.contiguous()
                 store[name] = tensor  # constraint real: the store keeps this very tensor
-        store[self._fingerprint_name()] = _encode(dict(self.fingerprint, token=self._token))
-        self.__dict__["_written_fingerprint"] = _stored(store, self._fingerprint_name())
+        store[self._fingerprint_name()] = _encode(self.fingerprint)
+        written = _stored(store, self._fingerprint_name())
+        key = id(written)
+        _WRITES[key] = (weakref.ref(written, lambda _, key=key: _WRITES.pop(key, None)), weakref.ref(self))
+        self.__dict__["_written_fingerprint"] = written
         self._claimed = True
+
+    def __call__(self, *args, **kwargs):
+        if _is_module_local_param_enabled() and not self._nested and self.__dict__.get("_fingerprint_fields"):
+            tensor = _stored(pyro.get_param_store(), self._fingerprint_name())
+            if tensor is not None and tensor is not self.__dict__.get("_written_fingerprint"):
+                if not self._writer(tensor)[0]:
+                    raise RuntimeError(
+                        f"Pyro's param store holds a saved state of guide {self._pyro_name!r}, but with "
+                        "pyro.settings.set(module_local_params=True) the store is not used; restore the "
+                        "guide with guide.load_state_dict(...) instead, or call pyro.clear_param_store()"
+                    )
+        return super().__call__(*args, **kwargs)
 
     def _sync_state(self):
         """At the start of a call: adopt a loaded state, then put the parameters in the store."""
         if self._nested or self.__dict__.get("_fingerprint_fields") is None:
             return
-        tensor = _stored(pyro.get_param_store(), self._fingerprint_name())
-        written = self.__dict__.get("_written_fingerprint")
         if _is_module_local_param_enabled():
-            if tensor is not None and tensor is not written and not self._written_by_live_guide(_decode(tensor)):
-                raise RuntimeError(
-                    f"Pyro's param store holds a saved state of guide {self._pyro_name!r}, but with "
-                    "pyro.settings.set(module_local_params=True) the store is not used; restore the guide "
-                    "with guide.load_state_dict(...) instead, or call pyro.clear_param_store()"
-                )
-            return
-        if tensor is not None and tensor is written:
+            return  # checked in __call__, before PyroModule swaps in the module's own parameters
+        tensor = _stored(pyro.get_param_store(), self._fingerprint_name())
+        if tensor is not None and tensor is self.__dict__.get("_written_fingerprint"):
             return  # the common case: the store holds what this guide wrote
         self._pull()
         self._push()

@@ -58,7 +58,9 @@ class IAF(NetworkFlowModule):
 
     The inverse is sequential: ``x <- (y - shift(x)) / sigma(x)`` repeated ``D`` times makes the
     ``k``-th coordinate in autoregressive order exact after ``k`` passes, so ``D`` network passes
-    give the exact inverse (a differentiable function of ``y`` and the weights).  For ``dim=1`` the
+    give the exact inverse (a differentiable function of ``y`` and the weights).  The iteration
+    stops as soon as a pass leaves ``x`` unchanged (a fixed point is the exact inverse): at
+    initialisation, where the network ignores its input, that is after two passes.  For ``dim=1`` the
     network's output can depend on no input coordinate, so the layer is an elementwise affine map
     whose shift and scale come from the network's biases (and the context, if amortized); Pyro's
     warning about ``input_dim = 1`` is silenced because that is the intended behaviour.
@@ -156,9 +158,14 @@ class IAF(NetworkFlowModule):
         if context is not None:
             y, context = broadcast_context(y, context)
         x = y
+        # stopping early at the fixed point is exact; it needs data-dependent control flow
+        may_stop = not torch.jit.is_tracing() and not torch.compiler.is_compiling()
         for _ in range(self.dim):
             shift, log_sigma = self._affine(x, context)
-            x = (y - shift) * torch.exp(-log_sigma)
+            x_next = (y - shift) * torch.exp(-log_sigma)
+            if may_stop and torch.equal(x_next, x):
+                return x_next, log_sigma.sum(-1)  # log_sigma was computed at x == x_next
+            x = x_next
         # the last pass read coordinates that were all exact already, so log_sigma is that of x
         return x, log_sigma.sum(-1)
 
