@@ -47,6 +47,11 @@ class AffineCoupling(NetworkFlowModule):
         hidden (tuple): hidden sizes of the conditioner (at least one layer; ``None`` -> ``(64, 64)``).
         form (str): ``"affine"`` (RealNVP) or ``"additive"`` (NICE, volume preserving).
         log_scale_clip (float or None): soft bound on ``|s|``; ``None`` for no bound.
+        stable (bool): the gated scale of Glow (Kingma & Dhariwal 2018),
+            ``exp(s) = sigmoid(s_raw + sigmoid_bias)``, in place of the soft clamp: the layer can
+            only contract (it starts at ``sigmoid(sigmoid_bias) ~ 0.88``, not the identity), so
+            expansions are left to the base distribution.
+        sigmoid_bias (float): the bias of the gated scale.
         cache_size (int): 0 or 1.
 
     Example:
@@ -68,6 +73,8 @@ class AffineCoupling(NetworkFlowModule):
         hidden=(64, 64),
         form="affine",
         log_scale_clip=5.0,
+        stable=False,
+        sigmoid_bias=2.0,
         cache_size=1,
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
@@ -82,6 +89,8 @@ class AffineCoupling(NetworkFlowModule):
         self.parity = parity
         self.form = form
         self.log_scale_clip = log_scale_clip
+        self.stable = bool(stable)
+        self.sigmoid_bias = float(sigmoid_bias)
         self.hidden = _hidden_sizes(hidden, (64, 64), 1)
         num_id = self.dim // 2
         if parity == 0 or self.dim == 1:
@@ -122,6 +131,8 @@ class AffineCoupling(NetworkFlowModule):
             t, raw = out[..., :num_t], (out[..., num_t:] if self.form == "affine" else None)
         if raw is None:
             return x_i, x_t, t, None
+        if self.stable:  # the gated scale sigmoid(s_raw + bias) of Glow: contracts, never expands
+            return x_i, x_t, t, -nn.functional.softplus(-(raw + self.sigmoid_bias))
         s = raw if self.log_scale_clip is None else self.log_scale_clip * torch.tanh(raw / self.log_scale_clip)
         return x_i, x_t, t, s
 
@@ -150,4 +161,4 @@ class AffineCoupling(NetworkFlowModule):
         return torch.cat([y_i, x_t], dim=-1)[..., self.inv_order], ladj
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, parity={self.parity}, form={self.form!r}, hidden={self.hidden}"
+        return f"{super().extra_repr()}, parity={self.parity}, form={self.form!r}, hidden={self.hidden}, stable={self.stable}"
