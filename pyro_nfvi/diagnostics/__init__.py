@@ -1,8 +1,10 @@
 """ArviZ diagnostics for guides: :func:`to_inference_data` and importance-corrected :func:`loo`.
 
-Everything that touches ``arviz`` lives in :mod:`pyro_nfvi.diagnostics.arviz` (written against
-arviz 0.23) and is re-exported here.
+The ArviZ objects are built in :mod:`pyro_nfvi.diagnostics.arviz` (written against arviz 0.23);
+:func:`psislw`, the Pareto smoothing of log weights, lives in :mod:`pyro_nfvi.evaluation.psis` and
+is re-exported here.
 """
-from .arviz import loo, psislw, to_inference_data
+from ..evaluation.psis import psislw
+from .arviz import loo, to_inference_data
 
 __all__ = ["loo", "psislw", "to_inference_data"]

@@ -1,7 +1,9 @@
 r"""ArviZ interface (written against arviz 0.23): InferenceData from a guide, and corrected PSIS-LOO.
 
-This is the only module of the package that imports ``arviz``, so that the ArviZ 1.x API can be
-added next to it.  :func:`to_inference_data` draws once from the guide (one vectorized trace of the
+This module builds ArviZ objects (``InferenceData``, ``ELPDData``); the numerics of the log
+weights (Pareto smoothing, :math:`\hat k`) live in :mod:`pyro_nfvi.evaluation.psis`, the only
+other module that touches ``arviz`` (``arviz.psislw``), and :func:`psislw` is re-exported from
+there.  :func:`to_inference_data` draws once from the guide (one vectorized trace of the
 guide and the replayed model) and stores the draws, the posterior predictive, the pointwise log
 likelihood and the log importance weights :math:`\log p(y, \theta_s) - \log q(\theta_s)` of the
 *same* draws.  :func:`loo` uses those weights to correct PSIS-LOO for the fact that the draws come
@@ -15,6 +17,8 @@ import torch
 from pyro.distributions import Unit
 from scipy.special import logsumexp
 
+from ..evaluation.model_kwargs import check_model_kwargs
+from ..evaluation.psis import MIN_PSIS_DRAWS, pareto_khat, psislw
 from ..evaluation.traces import (
     SAMPLE_PLATE,
     log_weights_from_traces,
@@ -24,31 +28,11 @@ from ..evaluation.traces import (
     vectorized_traces,
 )
 
-__all__ = ["loo", "psislw", "to_inference_data"]
+from ..validation import check_choice, check_int
+
+__all__ = ["loo", "to_inference_data"]
 
 _SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
-
-
-def psislw(log_weights, reff=1.0):
-    r"""Pareto-smoothed log weights and :math:`\hat k` (a thin wrapper of ``arviz.psislw``).
-
-    Args:
-        log_weights (array-like): ``(..., S)`` log importance weights, draws on the last axis.
-        reff (float): relative efficiency of the draws (1 for independent draws from ``q``).
-
-    Returns:
-        tuple: normalised smoothed log weights ``(..., S)`` and :math:`\hat k` of shape ``(...)``
-        (numpy arrays).
-
-    Reference: Vehtari, Simpson, Gelman, Yao & Gabry, *Pareto Smoothed Importance Sampling*, JMLR 2024.
-
-    Example:
-        >>> lw, k = psislw(np.zeros((2, 100)))
-        >>> lw.shape, k.shape
-        ((2, 100), (2,))
-    """
-    lw, khat = az.psislw(np.asarray(log_weights, dtype=np.float64), reff=reff)
-    return np.asarray(lw), np.asarray(khat)
 
 
 def _layout(site, batch_shape, depth, event_shape, coords):
@@ -110,7 +94,9 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
     * ``sample_stats``: ``log_weight`` = :math:`\log p(y, \theta_s) - \log q(\theta_s)` per draw (per draw
       and data point when a data plate is known and every site lies in it; joint otherwise, unless
       ``plate=`` was passed explicitly, which then raises), with ``attrs["khat"]`` the PSIS
-      :math:`\hat k` of those weights (Yao et al. 2018) and ``attrs["num_samples"]``.
+      :math:`\hat k` of those weights (Yao et al. 2018; ``inf`` with fewer than
+      :data:`~pyro_nfvi.evaluation.psis.MIN_PSIS_DRAWS` = 21 draws, too few for the tail fit) and
+      ``attrs["num_samples"]``.
 
     ``pyro.factor`` terms enter the weights but not the observed groups.  Plates must not be
     subsampled.
@@ -118,10 +104,9 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
     Args:
         model, guide: a Pyro model and a guide with the same signature.
         *args, **kwargs: passed to both (the data).
-        num_samples (int): number of draws.
+        num_samples (int): number of draws (``>= 2``).
         plate (str or False): data plate of an amortized guide (default ``guide.plate``; ``False``
-            for none); selects per-point
-            weights and :math:`\hat k`.
+            for none); selects per-point weights and :math:`\hat k`.
 
     Returns:
         arviz.InferenceData
@@ -139,8 +124,8 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
         >>> idata.posterior["mu"].shape, idata.log_likelihood["y"].dims
         ((1, 50), ('chain', 'draw', 'obs'))
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
-        raise ValueError(f"to_inference_data: num_samples must be an int >= 2, got {num_samples!r}")
+    check_model_kwargs(to_inference_data, model, kwargs)
+    check_int("num_samples", num_samples, minimum=2)
     explicit = isinstance(plate, str)
     plate = resolve_plate(guide, plate)
     depth = max_plate_nesting(model, guide, args, kwargs)
@@ -178,15 +163,13 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
             observed[name] = value.detach().cpu().numpy().reshape(predictive[name].shape[2:])
             lp = site_log_prob(site, scaled=False).expand(fn.batch_shape)
             loglik[name], _ = _draws(site, lp, depth, 0, coords)
-    if plate is not None:
-        lw_array = log_weight.transpose(0, 1).double().cpu().numpy()  # (B, S)
-        stats_dims = {"log_weight": [plate]}
-    else:
-        lw_array = log_weight.double().cpu().numpy()
-        stats_dims = {}
-    _, khat = psislw(lw_array)
+    if num_samples >= MIN_PSIS_DRAWS:
+        khat = pareto_khat(log_weight).numpy()
+    else:  # too few draws for a tail fit: arviz's convention, k-hat = inf
+        khat = np.full(log_weight.shape[1:], np.inf)
     khat = float(khat) if khat.ndim == 0 else khat.astype(np.float64)
-    dims.update(stats_dims)
+    if plate is not None:
+        dims["log_weight"] = [plate]
     return az.from_dict(
         posterior=posterior,
         posterior_predictive=predictive or None,
@@ -257,8 +240,7 @@ def loo(idata, var_name=None, reff=1.0, pointwise=True, scale="log"):
         >>> res.n_data_points, bool(res.elpd_loo < 0)
         (3, True)
     """
-    if scale not in _SCALES:
-        raise TypeError(f"loo: scale must be one of {list(_SCALES)}, got {scale!r}")
+    check_choice("scale", scale, _SCALES)
     if "sample_stats" not in idata.groups() or "log_weight" not in idata.sample_stats:
         raise TypeError("loo: idata needs sample_stats.log_weight (build it with to_inference_data)")
     ll = _log_likelihood(idata, var_name).stack(__sample__=("chain", "draw"))

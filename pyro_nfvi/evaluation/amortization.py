@@ -15,9 +15,14 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from ..validation import check_int, check_positive
+from .model_kwargs import check_model_kwargs
 from .traces import find_plate, reduce_log_prob, resolve_plate, site_log_prob
 
-__all__ = ["AmortizationGap", "amortization_gap"]
+__all__ = ["MAX_LR", "AmortizationGap", "amortization_gap"]
+
+#: Largest accepted refinement learning rate: Adam moves each parameter by about ``lr`` per step.
+MAX_LR = 1.0
 
 _CONTRACT = ("encode", "local_posterior", "unpack_local", "local_sites")
 
@@ -159,6 +164,13 @@ def _estimates(joint, q, num_samples, chunk_size):
     return elbo / num_samples, lse - math.log(num_samples)
 
 
+def _diverged(step, steps, lr, cause):
+    return ValueError(
+        f"amortization_gap: the refinement diverged at step {step + 1} of steps={steps} with lr={lr!r} "
+        f"({cause}); lower lr (Adam on the encoder's raw outputs: 0.001 to 0.1 is typical)"
+    )
+
+
 def amortization_gap(
     model,
     guide,
@@ -193,9 +205,12 @@ def amortization_gap(
 
     Args:
         model, guide: the model and the amortized guide.
-        *args, **kwargs: model/guide arguments holding the few data points ``x`` to analyse.
-        steps (int): Adam steps of the refinement.
-        lr (float): Adam learning rate.
+        *args, **kwargs: model/guide arguments holding the few data points ``x`` to analyse (a
+            keyword argument that is neither an option below nor one of the model's raises
+            ``TypeError`` naming both lists).
+        steps (int): Adam steps of the refinement (``>= 0``).
+        lr (float): Adam learning rate (``0 < lr <= MAX_LR = 1``); a refinement that diverges (a non-finite ELBO or
+            an invalid distribution parameter) raises ``ValueError`` naming ``lr``.
         particles (int): draws per refinement step.
         num_samples (int): draws for the final ELBO and IWAE estimates.
         chunk_size (int): draws per vectorized evaluation.
@@ -232,10 +247,16 @@ def amortization_gap(
             f"amortization_gap needs an amortized guide with encode/local_posterior/unpack_local/local_sites "
             f"(e.g. pyro_nfvi.guides.AmortizedFlowGuide); {type(guide).__name__} lacks {missing}"
         )
-    counts = (("steps", steps, 0), ("particles", particles, 1), ("num_samples", num_samples, 1), ("chunk_size", chunk_size, 1))
-    for name, value, least in counts:
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"amortization_gap: {name} must be an int >= {least}, got {value!r}")
+    check_model_kwargs(amortization_gap, model, kwargs)
+    check_int("steps", steps, minimum=0)
+    if check_positive("lr", lr) > MAX_LR:
+        raise ValueError(
+            f"lr must be <= {MAX_LR} (each Adam step moves every refined parameter by about lr, and they "
+            f"are of order 1), got {lr!r}"
+        )
+    check_int("particles", particles)
+    check_int("num_samples", num_samples)
+    check_int("chunk_size", chunk_size)
     plate = resolve_plate(guide, plate)
     if plate is None:
         raise ValueError("amortization_gap: give plate= (the data plate) or a guide with a .plate attribute")
@@ -251,11 +272,18 @@ def amortization_gap(
         raise ValueError("amortization_gap: guide.encode returned no floating-point tensors to refine")
     if steps:
         optim = torch.optim.Adam(leaves, lr=lr)
-        for _ in range(steps):
-            q = guide.local_posterior(refined)
-            z = q.rsample((particles,))
-            log_q = q.log_prob(z)
-            loss = -(joint(z) - log_q).mean(0).sum()
+        for step in range(steps):
+            try:
+                q = guide.local_posterior(refined)
+                z = q.rsample((particles,))
+                log_q = q.log_prob(z)
+                loss = -(joint(z) - log_q).mean(0).sum()
+            except ValueError as error:  # e.g. a scale driven to 0 fails the distribution's validation
+                if step == 0:
+                    raise  # nothing was updated yet: not a divergence
+                raise _diverged(step, steps, lr, str(error).splitlines()[0].rstrip(":")) from error
+            if not torch.isfinite(loss):
+                raise _diverged(step, steps, lr, f"the negative ELBO is {loss.item()}")
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             for leaf, grad in zip(leaves, grads):
                 leaf.grad = grad

@@ -1,21 +1,20 @@
-r"""Importance-weighted evaluation of a guide: IWAE log-likelihood and PSIS :math:`\hat k`.
+r"""Importance-weighted evaluation of a guide: log importance weights, IWAE log-likelihood and PSIS :math:`\hat k`.
 
-Both functions draw from the guide in vectorized chunks (one outer ``pyro.plate``), score each draw
-under the guide that produced it and under the replayed model, and work with the log weights
-:math:`\log w_s = \log p(x, z_s) - \log q(z_s)`.
+All three functions draw from the guide in vectorized chunks (one outer ``pyro.plate``), score each
+draw under the guide that produced it and under the replayed model, and work with the log weights
+:math:`\log w_s = \log p(x, z_s) - \log q(z_s)`; the Pareto smoothing itself lives in
+:mod:`pyro_nfvi.evaluation.psis`.
 """
 import math
 
 import torch
 
+from ..validation import check_int
+from .model_kwargs import check_model_kwargs
+from .psis import check_psis_draws, pareto_khat
 from .traces import log_weights_from_traces, max_plate_nesting, resolve_plate, vectorized_traces
 
 __all__ = ["iwae_log_likelihood", "log_importance_weights", "psis_khat"]
-
-
-def _check_count(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _chunks(num_samples, chunk_size):
@@ -49,16 +48,21 @@ def log_importance_weights(model, guide, *args, num_samples=1000, chunk_size=Non
         >>> log_importance_weights(model, model, num_samples=4).abs().max().item()
         0.0
     """
-    _check_count("num_samples", num_samples)
-    chunk_size = num_samples if chunk_size is None else chunk_size
-    _check_count("chunk_size", chunk_size)
+    check_model_kwargs(log_importance_weights, model, kwargs)
+    check_int("num_samples", num_samples)
+    chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size)
     plate, depth = _setup(model, guide, args, kwargs, plate)
-    out = []
+    out, start = None, 0
     with torch.no_grad():
         for n in _chunks(num_samples, chunk_size):
             model_trace, guide_trace = vectorized_traces(model, guide, n, depth, args, kwargs)
-            out.append(log_weights_from_traces(model_trace, guide_trace, depth, plate))
-    return torch.cat(out, 0)
+            lw = log_weights_from_traces(model_trace, guide_trace, depth, plate)
+            del model_trace, guide_trace
+            if out is None:  # filled chunk by chunk: no list of chunks and no concatenated copy
+                out = lw.new_empty((num_samples,) + lw.shape[1:])
+            out[start : start + n] = lw
+            start += n
+    return out
 
 
 def iwae_log_likelihood(model, guide, *args, num_samples=1000, chunk_size=100, plate=None, **kwargs):
@@ -113,8 +117,9 @@ def iwae_log_likelihood(model, guide, *args, num_samples=1000, chunk_size=100, p
         >>> bool(torch.isclose(est, dist.Normal(0.0, 2.0 ** 0.5).log_prob(x), atol=1e-5))
         True
     """
-    _check_count("num_samples", num_samples)
-    _check_count("chunk_size", chunk_size)
+    check_model_kwargs(iwae_log_likelihood, model, kwargs)
+    check_int("num_samples", num_samples)
+    check_int("chunk_size", chunk_size)
     plate, depth = _setup(model, guide, args, kwargs, plate)
     total = None
     with torch.no_grad():
@@ -127,21 +132,26 @@ def iwae_log_likelihood(model, guide, *args, num_samples=1000, chunk_size=100, p
     return total - math.log(num_samples)
 
 
-def psis_khat(model, guide, *args, num_samples=1000, chunk_size=None, plate=None, **kwargs):
+def psis_khat(model, guide, *args, num_samples=1000, chunk_size=100, plate=None, **kwargs):
     r"""Pareto :math:`\hat k` of the importance weights :math:`p(x, z)/q(z)`, :math:`z \sim q`.
 
     Fits a generalized Pareto distribution to the largest weights with ``arviz.psislw``
-    (Pareto-smoothed importance sampling).  Yao et al. (2018) use :math:`\hat k` as a diagnostic of
-    the variational approximation: :math:`\hat k < 0.5` good, :math:`0.5 \le \hat k < 0.7` usable,
-    :math:`\hat k \ge 0.7` the weights' variance is (close to) infinite and the approximation is poor.
-    For a proposal :math:`N(0, \sigma^2)` of a target :math:`N(0, 1)` the true shape is
-    :math:`k = 1 - \sigma^2` for :math:`\sigma < 1`.
+    (Pareto-smoothed importance sampling, :func:`pyro_nfvi.evaluation.psis.pareto_khat`).  Yao et al.
+    (2018) use :math:`\hat k` as a diagnostic of the variational approximation: :math:`\hat k < 0.5`
+    good, :math:`0.5 \le \hat k < 0.7` usable, :math:`\hat k \ge 0.7` the weights' variance is
+    (close to) infinite and the approximation is poor.  For a proposal :math:`N(0, \sigma^2)` of a
+    target :math:`N(0, 1)` the true shape is :math:`k = 1 - \sigma^2` for :math:`\sigma < 1`.
+
+    The draws are taken ``chunk_size`` at a time (one vectorized trace each), so the traces never
+    hold more than ``chunk_size x B`` draws; only the ``(S, B)`` log weights are kept, and they are
+    smoothed a block of data points at a time.
 
     Args:
         model, guide: a Pyro model and a guide with the same signature.
         *args, **kwargs: passed to both.
-        num_samples (int): draws (a few thousand for a stable fit).
-        chunk_size (int): draws per vectorized trace (default: all at once).
+        num_samples (int): draws, at least :data:`~pyro_nfvi.evaluation.psis.MIN_PSIS_DRAWS` (21,
+            the fewest for which the tail can be fitted); a few thousand for a stable fit.
+        chunk_size (int): draws per vectorized trace.
         plate (str or False): data plate for one :math:`\hat k` per data point (default
             ``guide.plate``; ``False`` forces the global :math:`\hat k`).
 
@@ -149,7 +159,7 @@ def psis_khat(model, guide, *args, num_samples=1000, chunk_size=None, plate=None
         torch.Tensor: a scalar :math:`\hat k` (global guide) or ``(B,)`` (per data point), float64.
 
     References: Yao, Vehtari, Simpson & Gelman, *Yes, but Did It Work?: Evaluating Variational
-    Inference*, ICML 2018; Vehtari et al., *Pareto Smoothed Importance Sampling*, 2015/2024.
+    Inference*, ICML 2018; Vehtari et al., *Pareto Smoothed Importance Sampling*, JMLR 2024.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -159,10 +169,9 @@ def psis_khat(model, guide, *args, num_samples=1000, chunk_size=None, plate=None
         >>> bool(psis_khat(model, guide, num_samples=2000) < 0.5)
         True
     """
-    from ..diagnostics.arviz import psislw  # evaluation -> diagnostics(arviz), imported lazily
-
+    check_model_kwargs(psis_khat, model, kwargs)
+    check_psis_draws("num_samples", num_samples)
     lw = log_importance_weights(
         model, guide, *args, num_samples=num_samples, chunk_size=chunk_size, plate=plate, **kwargs
     )
-    _, khat = psislw(lw.transpose(0, -1).double().cpu().numpy())
-    return torch.as_tensor(khat, dtype=torch.float64)
+    return pareto_khat(lw)

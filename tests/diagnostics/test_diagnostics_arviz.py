@@ -20,6 +20,7 @@ from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 from pyro.infer.autoguide import AutoNormal  # noqa: E402
 
 from pyro_nfvi.diagnostics import loo, to_inference_data  # noqa: E402
+from pyro_nfvi.guides import AmortizedFlowGuide  # noqa: E402
 
 HERE = pathlib.Path(__file__).parent
 N, S = 12, 400
@@ -72,7 +73,7 @@ def test_groups_variables_and_shapes(idata):
     assert idata.log_likelihood["y"].shape == (1, S, N)
     np.testing.assert_array_equal(idata.observed_data["y"].values, Y.numpy())
     assert idata.sample_stats["log_weight"].dims == ("chain", "draw")
-    assert 0.0 < idata.sample_stats.attrs["khat"] < 2.0 and idata.sample_stats.attrs["num_samples"] == S
+    assert idata.sample_stats.attrs["num_samples"] == S
     np.testing.assert_allclose(post["beta_sum"].values, post["beta"].values.sum(-1), rtol=1e-5)
 
 
@@ -96,27 +97,51 @@ def test_draws_log_likelihood_and_weights_come_from_the_same_samples(idata):
     )
     log_weight = idata.sample_stats["log_weight"].values[0]
     np.testing.assert_allclose(log_weight, (log_p - log_q).numpy(), rtol=1e-5, atol=1e-3)
+    # k-hat: arviz.psislw of the hand-computed weights (float32 rounding moves it by ~1e-6)
+    expected_khat = az.psislw((log_p - log_q).double().numpy())[1]
+    assert isinstance(idata.sample_stats.attrs["khat"], float)
+    assert idata.sample_stats.attrs["khat"] == pytest.approx(float(expected_khat), abs=1e-4)
 
 
 def test_amortized_guide_gives_per_point_weights_and_khat():
+    """Per-point weights log p(y_i, z_i) - log q(z_i | y_i) of an AmortizedFlowGuide, recomputed by hand."""
+
     def local_model(y):
         with pyro.plate("data", y.shape[0]):
             z = pyro.sample("z", dist.Normal(y.new_zeros(()), 1.0).expand([2]).to_event(1))
             pyro.sample("y", dist.Normal(z.sum(-1), 0.5), obs=y)
 
-    class Guide:
-        plate = "data"
-
-        def __call__(self, y):
-            with pyro.plate("data", y.shape[0]):
-                pyro.sample("z", dist.Normal(y[:, None].expand(-1, 2) / 3, 0.6).to_event(1))
-
     pyro.set_rng_seed(1)
-    data = to_inference_data(local_model, Guide(), Y, num_samples=300)
+    guide = AmortizedFlowGuide(
+        local_model, plate="data", flow="iaf", num_flows=2, encoder_hidden=(16,), model_args=(Y,)
+    )
+    svi = SVI(local_model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    for _ in range(100):  # moves the encoder and the (identity-initialised) flow: a non-trivial q
+        svi.step(Y)
+    num = 300
+    data = to_inference_data(local_model, guide, Y, num_samples=num)
     assert data.posterior["z"].dims == ("chain", "draw", "data", "z_dim_0")
-    assert data.posterior["z"].shape == (1, 300, N, 2)
+    assert data.posterior["z"].shape == (1, num, N, 2)
     assert data.sample_stats["log_weight"].dims == ("chain", "draw", "data")
-    assert np.asarray(data.sample_stats.attrs["khat"]).shape == (N,)
+
+    # the stored draws scored by hand: the model's densities, and the guide's local posterior of the
+    # same draws (a real-valued site: the packed draw is the site's value, and IAF has an inverse)
+    z = torch.as_tensor(data.posterior["z"].values[0])
+    with torch.no_grad():
+        q = guide.local_posterior(guide.encode(Y))
+        assert torch.equal(guide.unpack_local(z)["z"], z)
+        log_q = q.log_prob(z)
+    log_p = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + dist.Normal(z.sum(-1), 0.5).log_prob(Y)
+    expected = (log_p - log_q).numpy()
+    assert expected.shape == (num, N)
+    log_weight = data.sample_stats["log_weight"].values[0]
+    np.testing.assert_allclose(log_weight, expected, rtol=1e-5, atol=1e-4)
+    assert np.ptp(expected, axis=0).min() > 0.1  # not the exact posterior: the weights vary per point
+
+    khat = np.asarray(data.sample_stats.attrs["khat"])
+    expected_khat = az.psislw(expected.T.astype(np.float64))[1]
+    assert khat.shape == (N,) and np.isfinite(khat).all()
+    np.testing.assert_allclose(khat, expected_khat, atol=1e-4)
 
     class GlobalGuide:  # has a .plate, but the model has global sites: joint weights instead
         plate = "data"
@@ -220,3 +245,28 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="var_name"):
         loo(two)
     assert loo(two, var_name="w").n_data_points == 2
+
+
+def test_public_names_stay_where_they_were_exported():
+    """psislw moved to pyro_nfvi.evaluation.psis (evaluation never imports diagnostics); old imports still work."""
+    import pyro_nfvi.diagnostics as diagnostics
+    import pyro_nfvi.diagnostics.arviz as arviz_module
+    from pyro_nfvi.evaluation import psis
+
+    assert set(diagnostics.__all__) == {"loo", "psislw", "to_inference_data"}
+    assert diagnostics.psislw is arviz_module.psislw is psis.psislw
+    assert diagnostics.loo is arviz_module.loo and diagnostics.to_inference_data is arviz_module.to_inference_data
+
+
+def test_few_draws_typos_and_bad_scale():
+    pyro.set_rng_seed(4)
+    few = to_inference_data(reg_model, reg_guide, X, Y, num_samples=20)  # too few draws for a Pareto tail fit
+    assert few.sample_stats.attrs["khat"] == float("inf")
+    enough = to_inference_data(reg_model, reg_guide, X, Y, num_samples=21)
+    assert np.isfinite(enough.sample_stats.attrs["khat"])
+    match = r"unexpected keyword argument 'num_sample' \(did you mean 'num_samples'\?\)"
+    with pytest.raises(TypeError, match=match):
+        to_inference_data(reg_model, reg_guide, X, Y, num_sample=20)
+    match = r"unknown scale='nats'; expected one of \['log', 'negative_log', 'deviance'\]"
+    with pytest.raises(ValueError, match=match):
+        loo(enough, scale="nats")

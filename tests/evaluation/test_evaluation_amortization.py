@@ -120,3 +120,58 @@ def test_guides_without_the_contract_are_rejected():
         amortization_gap(model, guide, XS, 1.0, steps=1, plate="obs")
     with pytest.raises(ValueError, match="steps"):
         amortization_gap(model, guide, XS, 1.0, steps=-1)
+
+
+def test_unknown_keyword_arguments_name_the_bad_one_and_the_accepted_ones():
+    guide = LinearEncoderGuide()
+    with pytest.raises(TypeError) as info:
+        amortization_gap(model, guide, XS, 1.0, num_steps=5)
+    message = str(info.value)
+    assert "unexpected keyword argument 'num_steps'" in message and "did you mean 'steps'?" in message
+    assert "['steps', 'lr', 'particles', 'num_samples', 'chunk_size', 'plate', 'global_values']" in message
+    assert "the model takes the keyword arguments ['x', 's']" in message
+    # a keyword argument of the model is passed on, not rejected
+    pyro.set_rng_seed(0)
+    res = amortization_gap(model, guide, XS, s=1.0, steps=0, num_samples=10)
+    assert res.log_px.shape == (4,) and torch.isfinite(res.log_px).all()
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(lr=1e4), r"lr must be <= 1.0 .* got 10000.0"),
+        (dict(lr=0.0), "lr must be a positive finite number, got 0.0"),
+        (dict(lr=float("nan")), "lr must be a positive finite number"),
+        (dict(steps=2.5), "steps must be an integer >= 0, got 2.5"),
+        (dict(particles=0), "particles must be an integer >= 1, got 0"),
+        (dict(chunk_size=None), "chunk_size must be an integer >= 1, got None"),
+    ],
+)
+def test_options_are_checked_before_any_work(options, match):
+    class CountingGuide(LinearEncoderGuide):
+        calls = 0
+
+        def encode(self, x, s=None):
+            CountingGuide.calls += 1
+            return super().encode(x, s)
+
+    with pytest.raises(ValueError, match=match):
+        amortization_gap(model, CountingGuide(), XS, 1.0, **options)
+    assert CountingGuide.calls == 0
+
+
+def test_a_diverging_refinement_raises_an_error_naming_lr():
+    class RawScaleGuide(LinearEncoderGuide):
+        """The scale is a raw refined tensor: Adam with lr=1 pushes it below 0 within a few steps."""
+
+        def encode(self, x, s=None):
+            return {"loc": x @ self.A.T, "scale": x.new_full((x.shape[0], D), 0.5)}
+
+        def local_posterior(self, encoded):
+            return dist.Normal(encoded["loc"], encoded["scale"]).to_event(1)
+
+    pyro.set_rng_seed(0)
+    with pytest.raises(ValueError, match=r"the refinement diverged at step \d+ of steps=300 with lr=1.0 .*lower lr"):
+        amortization_gap(model, RawScaleGuide(), XS, 1.0, steps=300, lr=1.0)
+    res = amortization_gap(model, RawScaleGuide(), XS, 1.0, steps=300, lr=0.01, num_samples=100)
+    assert torch.isfinite(res.refined_elbo).all()

@@ -1,6 +1,7 @@
 """Tests of pyro_nfvi.evaluation: IWAE log-likelihood against analytic evidence, and PSIS k-hat."""
 import math
 
+import arviz as az
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -180,3 +181,49 @@ def test_psis_khat_per_data_point():
     assert good.shape == bad.shape == (5,)
     # over-dispersed proposal: light-tailed weights; under-dispersed (scale x0.3): k ~ 1 - 0.09
     assert (good < 0.5).all() and (bad > 0.5).all() and bad.mean() > 0.7, (good, bad)
+
+
+@pytest.mark.parametrize("num_samples", [1, 5, 20, 20.0])
+def test_psis_khat_needs_enough_draws_for_the_tail_fit(num_samples):
+    guide = AmortizedGaussianGuide(shift=0.05, inflate=1.3)
+    with pytest.raises(ValueError, match=r"num_samples must be an integer >= 21 for a Pareto k-hat"):
+        psis_khat(local_model, guide, XS, num_samples=num_samples)
+    pyro.set_rng_seed(7)
+    khat = psis_khat(local_model, guide, XS, num_samples=21)  # the fewest that fit: finite k-hat
+    assert khat.shape == (5,) and torch.isfinite(khat).all()
+
+
+def test_psis_khat_draws_in_chunks():
+    """The guide is traced ``chunk_size`` draws at a time (by default too), and the chunks add up exactly."""
+    sizes = []  # draws per vectorized trace of the guide
+
+    class RecordingGuide:
+        plate = "data"
+
+        def __call__(self, x):
+            mu, cov = local_posterior(x)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(mu + 0.1, 1.4 * cov.diagonal().sqrt()).to_event(1))
+            if z.dim() == 3:  # (draws, B, D); the first, unvectorized call only finds the plates
+                sizes.append(z.shape[0])
+
+    pyro.set_rng_seed(8)
+    khat = psis_khat(local_model, RecordingGuide(), XS, num_samples=250)
+    assert sizes == [100, 100, 50]  # default chunk_size=100
+    sizes.clear()
+    pyro.set_rng_seed(8)
+    chunked = psis_khat(local_model, RecordingGuide(), XS, num_samples=250, chunk_size=30)
+    assert sizes == [30] * 8 + [10]
+    pyro.set_rng_seed(8)
+    lw = log_importance_weights(local_model, RecordingGuide(), XS, num_samples=250, chunk_size=30)
+    expected = torch.as_tensor(az.psislw(lw.T.double().numpy())[1])
+    assert torch.equal(chunked, expected)  # same draws, same k-hat as arviz on the full weights
+    assert khat.shape == chunked.shape == (5,) and not torch.equal(khat, chunked)  # other draws
+
+
+def test_keyword_typos_are_not_passed_to_the_model():
+    guide = AmortizedGaussianGuide()
+    for fn in (iwae_log_likelihood, log_importance_weights, psis_khat):
+        match = r"unexpected keyword argument 'num_sample' \(did you mean 'num_samples'\?\)"
+        with pytest.raises(TypeError, match=match):
+            fn(local_model, guide, XS, num_sample=50)

@@ -12,17 +12,9 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
 from pyro_nfvi import AmortizedFlowGuide
+from pyro_nfvi.datasets import load_binarized_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _mnist(n):
-    try:
-        from pyro_nfvi.datasets import load_binarized_mnist
-    except ImportError:  # the loader is optional here; the npz is what ships
-        raw = np.load(ROOT / "pyro_nfvi" / "datasets" / "data" / "binarized_mnist.npz")["train"][:n]
-        return torch.from_numpy(np.unpackbits(raw, axis=1)[:, :784].astype(np.float32))
-    return load_binarized_mnist("train")[:n]
 
 
 # -- Pyro's VAE example (examples/vae/vae.py), model unchanged ---------------------------------------
@@ -56,7 +48,7 @@ class VAE(nn.Module):
 
 
 def test_vae_swap_in_trains():
-    data = _mnist(600)
+    data = load_binarized_mnist("train")[:600]
     train, held_out = data[:500].reshape(-1, 1, 28, 28), data[500:]  # images, as Pyro's example feeds them
     vae = VAE(z_dim=10, hidden_dim=100)
     guide = AmortizedFlowGuide(vae.model, plate="data", flow="planar", num_flows=4, encoder_hidden=(100,),
