@@ -75,24 +75,28 @@ class FlowGuide(GuideState):
             self._setup_prototype(*args, **kwargs)
         self._sync_state()
 
-    def _param_stamp(self):
-        """Changes whenever a parameter changes in place or is replaced."""
-        return tuple((id(p), p._version) for p in self.parameters())
-
     def _cached_draws(self, key, draw, keep=None):
         """``draw()`` under the fixed seed ``mc_seed``, cached until ``key`` or a parameter changes.
 
+        Parameters are compared by value with a copy taken when the draws were made: optimizers
+        that write through ``.data`` (Pyro's ``ClippedAdam``) leave no trace in version counters.
         ``keep`` holds the objects whose ``id`` is in ``key`` alive, so that no other object can take it.
         """
-        key = (self._param_stamp(), self.num_mc_samples, self.mc_seed, key)
+        key = (self.num_mc_samples, self.mc_seed, key)
+        params = [p.detach() for p in self.parameters()]
         cache = self.__dict__.get("_draws_cache")
-        if cache is not None and cache[0] == key:
+        if (
+            cache is not None
+            and cache[0] == key
+            and len(cache[2]) == len(params)
+            and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(cache[2], params))
+        ):
             return cache[1]
         device = next(self.parameters()).device
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.mc_seed)
             draws = draw()
-        self.__dict__["_draws_cache"] = (key, draws, keep)
+        self.__dict__["_draws_cache"] = (key, draws, [p.clone() for p in params], keep)
         return draws
 
     @staticmethod

@@ -106,12 +106,8 @@ def test_trained_guide_matches_the_exact_posterior_and_evidence(flow):
     assert all(after[k] < TOL[k] for k in TOL), (flow, after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="guides bug: quantiles/median cache their Monte Carlo draws on the parameters' _version, which "
-    "optimizers that write through .data (pyro.optim.ClippedAdam) do not bump, so median stays stale",
-)
 def test_median_follows_training_with_clipped_adam():
+    """The cached Monte Carlo draws follow parameters changed through ``.data`` (ClippedAdam)."""
     x = data()
     pyro.set_rng_seed(0)
     guide = make_guide("planar", x)
