@@ -1,8 +1,9 @@
 """Fit the 2-D energies U1-U4 of Rezende & Mohamed (2015) with flows of increasing length.
 
 This reproduces, in spirit, the experiment of R&M's Figure 3: for each target
-p(z) ~ exp(-U(z)) and each number of layers K, a Gaussian pushed through K flow layers is fitted by
-annealed reparameterised VI (see :func:`pyro_nfvi.targets.fit_energy`), and the script reports the
+p(z) ~ exp(-U(z)) and each number of layers K, an AutoFlowGuide (a Gaussian pushed through K flow
+layers) is fitted to the Pyro model of the target by FastSVI on the annealed free energy
+(AnnealedELBO; see :func:`pyro_nfvi.targets.fit_energy`), and the script reports the
 bound E_q[-U - log q] = log Z - KL(q || p), the grid log Z and the gap (an estimate of KL(q || p)).
 U2-U4 are flat along z1, so the targets are restricted to [-4, 4]^2 by a soft wall (as in the
 paper's plots; see :func:`pyro_nfvi.targets.target_energy`).

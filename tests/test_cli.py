@@ -43,6 +43,16 @@ def test_demo_other_targets(capsys, target):
     assert math.isfinite(_value("fitted bound", capsys.readouterr().out))
 
 
+@pytest.mark.filterwarnings("ignore:Encountered:UserWarning")  # Pyro warns of the inf on the way
+def test_demo_divergence_exits_non_zero_naming_the_learning_rate(capsys):
+    assert main(["demo", "--lr", "1e6", "--steps", "50", "--samples", "16", "--num-flows", "2",
+                 "--eval-samples", "200", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert re.search(r"^nfvi demo: error: the fit diverged at step \d+/50 .*lr=1e\+06.*smaller learning rate",
+                     captured.err, flags=re.M)
+    assert "fitted bound" not in captured.out  # no NaN result is printed
+
+
 def test_parser_and_errors(capsys):
     args = build_parser().parse_args(["demo"])
     assert (args.target, args.flow, args.num_flows) == ("U1", "planar", 16)

@@ -2,8 +2,9 @@
 
 * :mod:`~pyro_nfvi.targets.energies` -- the 2-D energies U1-U4 of Rezende & Mohamed (2015), as
   functions, as Pyro models (:func:`energy_model`) and with their grid log-normalisers.
-* :mod:`~pyro_nfvi.targets.fit` -- :func:`fit_energy`, a plain-torch fit of a Gaussian pushed through a
-  flow stack to one of these energies (used by ``nfvi demo`` and ``examples/energy.py``).
+* :mod:`~pyro_nfvi.targets.fit` -- :func:`fit_energy`, an annealed fit of an
+  :class:`~pyro_nfvi.guides.AutoFlowGuide` to one of these energies through :func:`energy_model`
+  (used by ``nfvi demo`` and ``examples/energy.py``), and :func:`estimate_bound`.
 * :mod:`~pyro_nfvi.targets.plot` -- :func:`plot_energy_fits`, figures of targets and fits.
 """
 from .energies import (
@@ -19,22 +20,21 @@ from .energies import (
     log_normalizer,
     target_energy,
 )
-from .fit import EnergyFit, FlowApproximation, anneal_beta, fit_energy
+from .fit import EnergyFit, estimate_bound, fit_energy
 from .plot import plot_energy_fits
 
 __all__ = [
     "BOX",
     "ENERGIES",
     "EnergyFit",
-    "FlowApproximation",
     "U1",
     "U2",
     "U3",
     "U4",
     "WALL",
-    "anneal_beta",
     "box_wall",
     "energy_model",
+    "estimate_bound",
     "fit_energy",
     "log_normalizer",
     "plot_energy_fits",

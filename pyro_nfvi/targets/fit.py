@@ -1,93 +1,119 @@
-r"""Fit a flow-transformed Gaussian to a 2-D energy with plain torch (no Pyro guide).
+r"""Fit a flow guide to a 2-D energy with the package's own guide, objective and training loop.
 
-This is the experiment of Rezende & Mohamed (2015, Section 6.1, Figure 3): the approximation is
-:math:`q = (f_K \circ \dots \circ f_1)_\# \mathcal N(\mu, \mathrm{diag}\,\sigma^2)` and the free energy
+This is the experiment of Rezende & Mohamed (2015, Section 6.1, Figure 3).  The target is the Pyro
+model :func:`~pyro_nfvi.targets.energy_model` (a flat prior on ``z`` and ``pyro.factor("U", -U(z))``),
+the approximation is :class:`~pyro_nfvi.guides.AutoFlowGuide`,
+:math:`q = (f_K \circ \dots \circ f_1)_\# \mathcal N(\mu, \mathrm{diag}\,\sigma^2)`, and the objective
+is :class:`~pyro_nfvi.objectives.AnnealedELBO` in ``mode="free_energy"``, the annealed free energy
 
-.. math:: \mathcal F_\beta(q) = \mathbb E_q[\log q(z) + \beta\, U(z)]
+.. math:: \mathcal F_\beta(q) = \mathbb E_q[\log q(z) + \beta_t\, U(z)]
 
-is minimised over :math:`\mu, \sigma` and the flow parameters with Adam (one optimiser, cosine
-learning-rate decay), where the inverse temperature
-follows R&M's annealing :math:`\beta_t = \min(1, 0.01 + t/T)`.  R&M use :math:`T = 10^4` of their
-:math:`5\times10^5` updates; here :math:`T` is ``anneal * steps`` (half the run by default) so that
-short runs anneal too.  At :math:`\beta = 1`, :math:`-\mathcal F_1(q) = \mathbb E_q[-U(z) - \log q(z)]
-= \log Z - \mathrm{KL}(q\,\|\,p)` is a lower bound on :math:`\log Z`; :func:`fit_energy` reports its
-Monte Carlo estimate, the grid :math:`\log Z` (:func:`~pyro_nfvi.targets.log_normalizer`) and their
-gap, an estimate of :math:`\mathrm{KL}(q\,\|\,p)`.
+(R&M eq. 20), minimised by :class:`~pyro_nfvi.guides.FastSVI` with Adam and a cosine learning-rate
+decay.  The inverse temperature rises linearly from 0.01 to 1 over :math:`T` steps,
+:math:`\beta_t = 0.01 + 0.99\min(1, t/T)` (:func:`~pyro_nfvi.objectives.linear_warmup` with
+``start=0.01``; R&M's :math:`\min(1, 0.01 + t/T)` reaches 1 at :math:`0.99\,T` instead of :math:`T`).
+R&M use :math:`T = 10^4` of their :math:`5\times10^5` updates; here :math:`T` is ``anneal * steps``
+(half the run by default) so that short runs anneal too.
+
+At :math:`\beta = 1`, :math:`-\mathcal F_1(q) = \mathbb E_q[-U(z) - \log q(z)] = \log Z -
+\mathrm{KL}(q\,\|\,p)` is a lower bound on :math:`\log Z`.  :func:`estimate_bound` estimates it from
+the guide's own posterior (``guide.get_posterior()``: samples :math:`z` and their :math:`\log q(z)`)
+and the energy; :func:`fit_energy` reports it with the grid :math:`\log Z`
+(:func:`~pyro_nfvi.targets.log_normalizer`) and their gap, an estimate of :math:`\mathrm{KL}(q\,\|\,p)`.
 """
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 
+import pyro
 import torch
-from torch import nn
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide.initialization import init_to_mean
 from tqdm import tqdm
 
-from ..transforms import flow as make_flow
-from .energies import BOX, WALL, log_normalizer, target_energy
+from ..guides import AutoFlowGuide, FastSVI
+from ..objectives import AnnealedELBO, constant, linear_warmup
+from ..transforms import FAMILIES
+from ..validation import check_choice, check_int, check_positive
+from .energies import BOX, WALL, energy_model, log_normalizer, target_energy
 
-__all__ = ["FlowApproximation", "EnergyFit", "fit_energy", "anneal_beta"]
+__all__ = ["EnergyFit", "REPORT_SAMPLES", "estimate_bound", "fit_energy"]
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Samples of the bound estimate in each progress report (at most ``eval_samples``).
+REPORT_SAMPLES = 2000
 
 
-class FlowApproximation(nn.Module):
-    r"""A diagonal Gaussian pushed through a flow stack: :math:`z = f(\mu + \sigma \odot \epsilon)`,
-    :math:`\log q(z) = \log \mathcal N(\epsilon; 0, I) - \sum_i \log\sigma_i - \log|\det J_f|`.
+def _draw(guide, num_samples, seed, chunk=10000):
+    """Yield ``(z, log q(z))`` chunks from ``guide.get_posterior()``, seeded, without touching the caller's RNG.
 
-    Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
+    The draws run under ``module_local_params=True``, so a guide never reads or writes Pyro's global
+    param store here.
+    """
+    with torch.no_grad(), torch.random.fork_rng(), pyro.settings.context(module_local_params=True):
+        torch.manual_seed(seed)
+        posterior = guide.get_posterior()
+        for start in range(0, num_samples, chunk):
+            z = posterior.sample((min(chunk, num_samples - start),))
+            yield z, posterior.log_prob(z)  # the transforms' caches give log q without inverting the flow
+
+
+def estimate_bound(guide, energy, num_samples, seed=0):
+    r"""Monte Carlo mean and standard error of the bound :math:`\mathbb E_q[-U(z) - \log q(z)]`.
+
+    Draws :math:`z_s \sim q` and :math:`\log q(z_s)` from ``guide.get_posterior()`` (a
+    ``TransformedDistribution``; the transforms' caches give :math:`\log q` at the drawn points
+    without inverting the flow) and returns the mean of :math:`-U(z_s) - \log q(z_s)` and its
+    standard error, in float64.  Since :math:`\mathbb E_q[-U - \log q] = \log Z - \mathrm{KL}(q\,\|\,p)`,
+    the mean is below :math:`\log Z` up to Monte Carlo error.  Runs in ``torch.no_grad`` with its own
+    RNG stream (``seed``), leaving the caller's RNG and Pyro's param store alone.
+
+    Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015, eq. 20.
 
     Args:
-        dim (int): event size.
-        flow (str): a family name accepted by :func:`pyro_nfvi.transforms.flow` (or ``"none"``).
-        num_flows (int): number of flow layers ``K``.
-        **flow_opts: passed to :func:`pyro_nfvi.transforms.flow`.
+        guide (AutoFlowGuide): a set-up guide over the single latent site ``"z"`` of shape ``(2,)``
+            (e.g. built with ``model_args=()`` on :func:`~pyro_nfvi.targets.energy_model`).
+        energy (callable): ``z (n, 2) -> U(z) (n,)``, e.g. :func:`~pyro_nfvi.targets.target_energy`.
+        num_samples (int): number of draws (>= 2).
+        seed (int): seed of the draws.
+
+    Returns:
+        tuple: ``(mean, standard error)`` as floats.
 
     Example:
-        >>> q = FlowApproximation(2, "planar", num_flows=3)
-        >>> z, log_q = q.rsample_and_log_prob(5)
-        >>> z.shape, log_q.shape
-        (torch.Size([5, 2]), torch.Size([5]))
+        >>> from pyro_nfvi.guides import AutoFlowGuide
+        >>> from pyro_nfvi.targets import energy_model, log_normalizer, target_energy
+        >>> guide = AutoFlowGuide(energy_model("U1"), flow="planar", num_flows=2, model_args=())
+        >>> bound, se = estimate_bound(guide, target_energy("U1"), 2000)
+        >>> bound < log_normalizer("U1", grid=200) + 4 * se
+        True
     """
-
-    def __init__(self, dim, flow="planar", num_flows=8, **flow_opts):
-        super().__init__()
-        self.stack = make_flow(flow, dim, num_flows, **flow_opts)
-        self.dim = self.stack.dim
-        self.loc = nn.Parameter(torch.zeros(self.dim))
-        self.log_scale = nn.Parameter(torch.zeros(self.dim))
-
-    def rsample_and_log_prob(self, num_samples, generator=None):
-        """Draw ``num_samples`` reparameterised samples ``(n, dim)`` and their ``log q`` ``(n,)``."""
-        eps = torch.randn(
-            num_samples, self.dim, dtype=self.loc.dtype, device=self.loc.device, generator=generator
-        )
-        z0 = self.loc + self.log_scale.exp() * eps
-        log_q0 = -0.5 * (eps * eps).sum(-1) - self.dim * _HALF_LOG_2PI - self.log_scale.sum()
-        z, ladj = self.stack.forward_and_log_det(z0)
-        return z, log_q0 - ladj
-
-    @torch.no_grad()
-    def sample(self, num_samples, generator=None):
-        """Draw ``num_samples`` samples of shape ``(n, dim)`` without gradients."""
-        return self.rsample_and_log_prob(num_samples, generator)[0]
-
-
-def anneal_beta(step, anneal_steps):
-    r"""R&M's inverse temperature :math:`\beta_t = \min(1, 0.01 + t/T)` (``T = anneal_steps``; ``T = 0``: 1).
-
-    Example:
-        >>> anneal_beta(0, 100), anneal_beta(49, 100), anneal_beta(500, 100), anneal_beta(0, 0)
-        (0.01, 0.5, 1.0, 1.0)
-    """
-    if anneal_steps <= 0:
-        return 1.0
-    return min(1.0, 0.01 + step / anneal_steps)
+    num_samples = check_int("num_samples", num_samples, minimum=2)
+    values = torch.cat([(-energy(z) - log_q).double() for z, log_q in _draw(guide, num_samples, seed)])
+    return values.mean().item(), values.std().item() / math.sqrt(len(values))
 
 
 @dataclass
 class EnergyFit:
-    """Result of :func:`fit_energy`: bounds in nats; ``kl = log_z - bound``."""
+    r"""Result of :func:`fit_energy`: bounds in nats, the fitted guide and its training record.
+
+    Attributes:
+        target, flow, num_flows, steps: the fit's configuration.
+        initial_bound (float): the bound :math:`\mathbb E_q[-U - \log q]` at initialisation.
+        bound, bound_se (float): the final bound and its Monte Carlo standard error.
+        log_z (float): the grid :math:`\log Z`.
+        seconds (float): wall time of the fit (bound estimates and training; not the grid).
+        guide (AutoFlowGuide): the fitted guide.
+        objective (AnnealedELBO): the objective; ``objective.t`` steps taken, ``objective.beta``
+            the inverse temperature of the next step.
+        history (list): ``(step, beta, bound)`` per report (``beta`` of that step; ``bound`` from
+            :data:`REPORT_SAMPLES` draws).
+
+    Example:
+        >>> fit = fit_energy("U1", num_flows=1, steps=5, samples=8, eval_samples=100, grid=50)
+        >>> fit.kl == fit.log_z - fit.bound, fit.sample(3).shape
+        (True, torch.Size([3, 2]))
+    """
 
     target: str
     flow: str
@@ -98,7 +124,8 @@ class EnergyFit:
     bound_se: float
     log_z: float
     seconds: float
-    approx: FlowApproximation = field(repr=False)
+    guide: AutoFlowGuide = field(repr=False)
+    objective: AnnealedELBO = field(repr=False)
     history: list = field(default_factory=list, repr=False)
 
     @property
@@ -106,17 +133,20 @@ class EnergyFit:
         """The gap ``log Z - bound``: a Monte Carlo estimate of ``KL(q || p)``."""
         return self.log_z - self.bound
 
+    def sample(self, num_samples, seed=0):
+        """Draw ``num_samples`` points of shape ``(num_samples, 2)`` from the fitted ``q`` (no gradients).
 
-@torch.no_grad()
-def _estimate_bound(approx, energy, num_samples, generator, chunk=10000):
-    """Monte Carlo mean and standard error of ``E_q[-U(z) - log q(z)]``."""
-    values = []
-    for start in range(0, num_samples, chunk):
-        z, log_q = approx.rsample_and_log_prob(min(chunk, num_samples - start), generator)
-        values.append(-energy(z) - log_q)
-    values = torch.cat(values).double()
-    se = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return values.mean().item(), se
+        The draws use their own RNG stream (``seed``) and leave the caller's RNG alone.
+        """
+        num_samples = check_int("num_samples", num_samples)
+        return torch.cat([z for z, _ in _draw(self.guide, num_samples, seed)])
+
+
+def _diverged(lr, step, steps, what):
+    return (
+        f"the fit diverged at step {step}/{steps} ({what}) with learning rate lr={lr:g}; "
+        f"use a smaller learning rate (e.g. lr={lr / 10:g})"
+    )
 
 
 def fit_energy(
@@ -138,12 +168,20 @@ def fit_energy(
     verbose=False,
     flow_opts=None,
 ):
-    r"""Fit :class:`FlowApproximation` to :math:`p(z) \propto e^{-U(z)}` by annealed reparameterised VI.
+    r"""Fit an :class:`~pyro_nfvi.guides.AutoFlowGuide` to :math:`p(z) \propto e^{-U(z)}` by annealed VI.
 
-    Each step draws ``samples`` points, takes one Adam step on
-    :math:`\frac1S\sum_s [\log q(z_s) + \beta_t U(z_s)]` with :math:`\beta_t` = :func:`anneal_beta`
-    ``(t, anneal * steps)``, and records the batch estimate of the :math:`\beta = 1` bound.  The global
-    torch RNG is forked, so the call is reproducible from ``seed`` and leaves the caller's RNG alone.
+    The guide is ``AutoFlowGuide(energy_model(target, box, wall), flow, num_flows, model_args=())``
+    started at :math:`\mu = 0`, :math:`\sigma = 1` (``init_to_mean``, ``init_scale=1``).  Each of the
+    ``steps`` :class:`~pyro_nfvi.guides.FastSVI` steps draws ``samples`` vectorized particles and
+    takes one Adam step on the free energy :math:`\frac1S\sum_s [\log q(z_s) + \beta_t U(z_s)]`
+    (:class:`~pyro_nfvi.objectives.AnnealedELBO`, ``mode="free_energy"``), with
+    :math:`\beta_t = 0.01 + 0.99\min(1, t/T)`, :math:`T` = ``round(anneal * steps)``
+    (:func:`~pyro_nfvi.objectives.linear_warmup`; :math:`\beta = 1` throughout if :math:`T = 0`).
+    The learning rate decays from ``lr`` to ``lr * final_lr`` by a cosine schedule.  The bound
+    :math:`\mathbb E_q[-U - \log q]` is then estimated by :func:`estimate_bound` from
+    ``eval_samples`` draws.  The global torch RNG is forked, so the call is reproducible from
+    ``seed`` and leaves the caller's RNG alone; Pyro's global param store is not used
+    (``module_local_params``).
 
     Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015, Sec. 6.1.
 
@@ -153,76 +191,101 @@ def fit_energy(
         flow (str): flow family (see :func:`pyro_nfvi.transforms.flow`), or ``"none"``.
         num_flows (int): number of layers ``K``.
         steps (int): optimisation steps.
-        samples (int): Monte Carlo samples per step.
+        samples (int): Monte Carlo samples (vectorized particles) per step.
         lr (float): initial Adam learning rate; it decays to ``lr * final_lr`` by a cosine schedule.
-        final_lr (float): final learning rate as a fraction of ``lr``.
+        final_lr (float): final learning rate as a fraction of ``lr``, in ``(0, 1]``.
         anneal (float): fraction of ``steps`` over which :math:`\beta` rises from 0.01 to 1 (0: none).
-        seed (int): random seed (flow initialisation and sampling).
+        seed (int): random seed (flow initialisation, training draws and bound estimates).
         eval_samples (int): samples for the initial and final bound estimates.
         grid (int): grid cells per axis for :math:`\log Z`.
         box (float or None): half-width of the target's box wall; ``wall`` its length scale.
-        log_every (int): report the mean batch bound every this many steps (0: never).
+        log_every (int): report ``beta``, the mean batch free energy and a bound estimate every
+            this many steps (0: never).
         progress (bool): show a tqdm progress bar (on stderr).
         verbose (bool): print the reports (through ``tqdm.write`` on stdout).
         flow_opts (dict): extra options for :func:`pyro_nfvi.transforms.flow`.
 
     Returns:
         EnergyFit: ``initial_bound`` (at initialisation), ``bound`` +- ``bound_se`` (final),
-        ``log_z``, ``kl`` (= ``log_z - bound``), ``seconds``, the fitted ``approx`` and ``history``
-        (``(step, beta, mean batch bound)`` per report).
+        ``log_z``, ``kl`` (= ``log_z - bound``), ``seconds``, the fitted ``guide``, the
+        ``objective`` and ``history`` (``(step, beta, bound)`` per report).
+
+    Raises:
+        FloatingPointError: if the fit diverges (a non-finite loss, parameter or final bound); the
+            message names the learning rate and suggests a smaller one.
 
     Example:
         >>> fit = fit_energy("U1", num_flows=2, steps=20, samples=16, eval_samples=500, grid=100)
-        >>> fit.bound <= fit.log_z + 0.5, len(fit.approx.stack)
-        (True, 2)
+        >>> fit.bound <= fit.log_z + 0.5, len(fit.guide.flow_stack), fit.objective.t
+        (True, 2, 20)
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    for name, value in (("samples", samples), ("eval_samples", eval_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-    if not 0.0 < final_lr <= 1.0:
+    steps = check_int("steps", steps, minimum=0)
+    samples = check_int("samples", samples, minimum=2)
+    eval_samples = check_int("eval_samples", eval_samples, minimum=2)
+    log_every = check_int("log_every", log_every, minimum=0)
+    num_flows = check_int("num_flows", num_flows, minimum=0)
+    lr = check_positive("lr", lr)
+    if not (check_positive("final_lr", final_lr) <= 1.0):
         raise ValueError(f"final_lr must be in (0, 1], got {final_lr!r}")
-    if not 0.0 <= anneal <= 1.0:
-        raise ValueError(f"anneal must be in [0, 1], got {anneal!r}")
+    if isinstance(anneal, bool) or not isinstance(anneal, (int, float)) or not 0.0 <= anneal <= 1.0:
+        raise ValueError(f"anneal must be a number in [0, 1], got {anneal!r}")
+    flow = check_choice("flow", flow, sorted(FAMILIES) + ["none"])
     energy = target_energy(target, box, wall)
     log_z = log_normalizer(target, grid=grid, box=box, wall=wall)
+    anneal_steps = int(round(anneal * steps))
+    schedule = linear_warmup(anneal_steps, start=0.01) if anneal_steps > 0 else constant(1.0)
+    report_samples = min(eval_samples, REPORT_SAMPLES)
+
+    def report(message):
+        if verbose:
+            tqdm.write(message, file=sys.stdout)
+
     start = time.perf_counter()
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), pyro.settings.context(module_local_params=True):
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        approx = FlowApproximation(2, flow, num_flows, **(flow_opts or {}))
-        initial_bound, _ = _estimate_bound(approx, energy, eval_samples, generator)
-        optimizer = torch.optim.Adam(approx.parameters(), lr=lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1), eta_min=lr * final_lr)
-        anneal_steps = int(round(anneal * steps))
+        model = energy_model(target, box, wall)
+        guide = AutoFlowGuide(model, flow=flow, num_flows=num_flows, init_loc_fn=init_to_mean,
+                              init_scale=1.0, model_args=(), **(flow_opts or {}))
+        initial_bound, _ = estimate_bound(guide, energy, eval_samples, seed)
+        elbo = Trace_ELBO(num_particles=samples, vectorize_particles=True, max_plate_nesting=0)
+        objective = AnnealedELBO(elbo, schedule=schedule, mode="free_energy")
+        lr_decay = []
+
+        def adam_with_cosine_decay(params):
+            optimizer = torch.optim.Adam(params, lr=lr)
+            lr_decay.append(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr * final_lr))
+            return optimizer
+
+        svi = FastSVI(model, guide, loss=objective, optimizer=adam_with_cosine_decay)
         history, running = [], []
-
-        def report(message):
-            if verbose:
-                tqdm.write(message, file=sys.stdout)
-
         report(f"{target}: {flow} x {num_flows}, initial bound {initial_bound:.4f}, log Z {log_z:.4f}")
         bar = tqdm(range(1, steps + 1), desc=f"fit {target}", disable=not progress, file=sys.stderr,
                    leave=False)
-        for step in bar:
-            beta = anneal_beta(step - 1, anneal_steps)
-            z, log_q = approx.rsample_and_log_prob(samples, generator)
-            u = energy(z)
-            loss = (log_q + beta * u).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            running.append(-(u + log_q).mean().item())
-            if log_every and (step % log_every == 0 or step == steps):
-                mean = sum(running) / len(running)
-                history.append((step, beta, mean))
-                bar.set_postfix(beta=f"{beta:.2f}", bound=f"{mean:.3f}")
-                report(f"step {step:>6d}/{steps}  beta {beta:.3f}  bound (batch mean) {mean:.4f}")
-                running = []
-        bar.close()
-        bound, bound_se = _estimate_bound(approx, energy, eval_samples, generator)
+        try:
+            for step in bar:
+                beta = objective.beta
+                try:
+                    loss = svi.step()
+                except ValueError as err:  # e.g. a NaN draw rejected by distribution validation
+                    if all(bool(torch.isfinite(p).all()) for p in guide.parameters()):
+                        raise
+                    raise FloatingPointError(_diverged(lr, step, steps, "non-finite parameters")) from err
+                if not math.isfinite(loss):
+                    raise FloatingPointError(_diverged(lr, step, steps, f"loss {loss}"))
+                lr_decay[0].step()
+                running.append(loss)
+                if log_every and (step % log_every == 0 or step == steps):
+                    bound, _ = estimate_bound(guide, energy, report_samples, seed)
+                    history.append((step, beta, bound))
+                    bar.set_postfix(beta=f"{beta:.2f}", bound=f"{bound:.3f}")
+                    report(f"step {step:>6d}/{steps}  beta {beta:.3f}  free energy (batch mean) "
+                           f"{sum(running) / len(running):.4f}  bound {bound:.4f}")
+                    running = []
+        finally:
+            bar.close()
+        bound, bound_se = estimate_bound(guide, energy, eval_samples, seed)
+    if not math.isfinite(bound):
+        raise FloatingPointError(_diverged(lr, steps, steps, f"final bound {bound}"))
     seconds = time.perf_counter() - start
     return EnergyFit(
         target=target,
@@ -234,6 +297,7 @@ def fit_energy(
         bound_se=bound_se,
         log_z=log_z,
         seconds=seconds,
-        approx=approx,
+        guide=guide,
+        objective=objective,
         history=history,
     )

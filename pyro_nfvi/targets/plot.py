@@ -28,7 +28,7 @@ def plot_energy_fits(fits, path, num_samples=50000, bins=120, extent=BOX, box=BO
         bins (int): histogram bins per axis.
         extent (float): half-width of the plotted square.
         box, wall: the target's box wall (as used for the fits).
-        seed (int): seed of the sampling generator.
+        seed (int): seed of the draws from each fit (:meth:`~pyro_nfvi.targets.fit.EnergyFit.sample`).
 
     Returns:
         str: ``path``.
@@ -55,13 +55,12 @@ def plot_energy_fits(fits, path, num_samples=50000, bins=120, extent=BOX, box=BO
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     span = [-extent, extent, -extent, extent]
-    generator = torch.Generator().manual_seed(seed)
     for i, (name, row) in enumerate(rows.items()):
         axes[i, 0].imshow(_density_grid(name, extent, 300, box, wall), origin="lower", extent=span,
                           cmap="viridis", aspect="equal")
         axes[i, 0].set_title(f"{name}: exp(-U)", fontsize=9)
         for j, fit in enumerate(row, start=1):
-            z = fit.approx.sample(num_samples, generator).double().numpy()
+            z = fit.sample(num_samples, seed=seed).double().numpy()
             axes[i, j].hist2d(z[:, 0], z[:, 1], bins=bins, range=[span[:2], span[2:]], cmap="viridis")
             axes[i, j].set_aspect("equal")
             axes[i, j].set_title(
