@@ -371,10 +371,10 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         return self._make_plates(args, kwargs, self._data_source(args, kwargs)[0])
 
     # -- the local posterior ------------------------------------------------------------------------
-    def _encode(self, x):
+    def _encode(self, x, stack=None):
         h = self.encoder(x)
         loc, scale_raw = self.head(h)
-        stack = self.flow_stack
+        stack = self.flow_stack if stack is None else stack
         return {"loc": loc, "scale_raw": scale_raw, "flow": stack.raw_params(h) if len(stack) else []}
 
     def encode(self, *args, **kwargs):
@@ -388,14 +388,14 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         x = self._gather(args, kwargs) if self._input_map else self._call_encoder_input(args, kwargs).to(self._dtype)
         return self._encode(x)
 
-    def local_posterior(self, encoded):
+    def local_posterior(self, encoded, stack=None):
         """The distribution of the packed local latents given :meth:`encode`'s output.
 
         Batch shape ``(N,)``, event shape ``(D,)``; differentiable w.r.t. the encoded tensors (which may
         be refined as free tensors).
         """
         base = dist.Normal(encoded["loc"], nn.functional.softplus(encoded["scale_raw"])).to_event(1)
-        stack = self.flow_stack
+        stack = self.flow_stack if stack is None else stack
         if not len(stack):
             return base
         return dist.TransformedDistribution(base, [stack.bind(encoded["flow"])])
@@ -424,7 +424,8 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         with plates[self.plate] as indices:
             x = rows(indices)
             x = x.reshape(x.shape[:1] + ones + x.shape[1:])
-            q = self.local_posterior(self._encode(x))
+            stack = self.flow_stack  # one read: each read of a PyroModule attribute emits param messages
+            q = self.local_posterior(self._encode(x, stack), stack)
             z = pyro.sample(f"_{self._pyro_name}_local_latent", q, infer={"is_auxiliary": True})
             if ones:
                 z = z.reshape(z.shape[: z.dim() - 1 - len(ones)] + z.shape[-1:])

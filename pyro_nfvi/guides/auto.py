@@ -171,9 +171,10 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         return dist.Normal(loc.new_zeros(()), loc.new_ones(())).expand([self.latent_dim]).to_event(1)
 
     def _transforms(self):
-        scale = nn.functional.softplus(self.scale_raw)
+        # each attribute read of a PyroModule emits one param message per parameter: read once
+        stack, scale = self.flow_stack, nn.functional.softplus(self.scale_raw)
         parts = [AffineTransform(self.loc, scale, event_dim=1, cache_size=1)]
-        return parts + [self.flow_stack] if len(self.flow_stack) else parts
+        return parts + [stack] if len(stack) else parts
 
     def get_transform(self, *args, **kwargs):
         """The map from the base to the packed latent: ``loc + scale * eps``, then the flow."""
