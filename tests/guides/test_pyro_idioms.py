@@ -535,11 +535,6 @@ def test_amortized_subsampled_local_latents(family):
 
 
 # -- pyro.optim.ClippedAdam, then median / quantiles --------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Monte Carlo median/quantiles cache (FlowGuide._cached_draws) is keyed on Parameter._version, "
-    "which in-place updates through .data (pyro.optim.ClippedAdam) do not bump: summaries stay stale",
-)
 @pytest.mark.parametrize("kind", ["auto", "amortized"])
 def test_median_follows_clipped_adam_training(kind):
     """Pyro's ``ClippedAdam`` updates ``p.data`` in place; the median must follow the trained parameters."""
