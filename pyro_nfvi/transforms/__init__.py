@@ -10,11 +10,13 @@ from .householder import Householder
 from .iaf import IAF
 from .planar import Planar, planar_uhat
 from .radial import Radial, radial_beta
-from .stack import FAMILIES, FlowStack, Permute, PlanarRun, flow
+from .runs import PlanarRun
+from .stack import FAMILIES, BoundStack, FlowStack, Permute, flow
 from .sylvester import Sylvester
 
 __all__ = [
     "AffineCoupling",
+    "BoundStack",
     "ConditionedFlow",
     "FAMILIES",
     "FlowModule",

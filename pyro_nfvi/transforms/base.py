@@ -15,7 +15,11 @@ module states that once and implements the parts that are the same for every fam
   data point by a hypernetwork from a context (``context_dim > 0``, see :meth:`FlowModule.condition`).
 * :class:`Hypernet` -- a context network whose last layer is zero-initialised with its bias set to
   the family's identity parameters, so every amortized flow starts as the identity.
-* :class:`ConditionedFlow` -- the transform returned by ``condition(context)``.
+* :class:`ConditionedFlow` -- the transform returned by ``condition(context)`` or ``bind(raw)``:
+  the family's maths bound to per-point parameters (``raw`` as given, ``bound`` after
+  ``constrain``), which checks that every input's batch shape broadcasts against theirs.
+
+Argument checks use :mod:`pyro_nfvi.validation`, so a bad ``dim`` reads the same everywhere.
 """
 import math
 
@@ -25,6 +29,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import Transform, constraints
 
+from ..validation import check_choice, check_int
+
 __all__ = [
     "FlowTransform",
     "FlowModule",
@@ -33,15 +39,19 @@ __all__ = [
     "NetworkConditionedFlow",
     "Hypernet",
     "broadcast_context",
-    "check_dim",
+    "check_batch",
 ]
 
 
-def check_dim(name, value, minimum=1):
-    """Return ``value`` as an ``int`` or raise a ``ValueError`` that names the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+def _parameter_stamp(params):
+    """``(id, version, tensor)`` of every parameter: changes when one is updated in place *or* replaced.
+
+    ``_version`` alone misses ``module.u = nn.Parameter(...)`` (a new object starts at version 0
+    again).  The tensor itself comes last: holding it keeps its ``id`` from being reused while the
+    stamp is cached, and tuple equality reaches it only when the ids already match, i.e. it compares
+    by identity, never elementwise.
+    """
+    return tuple((id(p), p._version, p) for p in params if p is not None)
 
 
 class FlowTransform(Transform):
@@ -49,19 +59,22 @@ class FlowTransform(Transform):
 
     Subclasses implement :meth:`forward_and_log_det` and, where the inverse exists,
     :meth:`inverse_and_log_det` (which returns ``x`` and the log-det of the *forward* map at ``x``).
-    The base class caches the last ``(x, y, log|det J|)`` triple, keyed by tensor identity, and
-    checks the event size of every input.
+    The base class caches the last ``(x, y, log|det J|)`` triple, keyed by tensor identity and by a
+    stamp of the parameters (:meth:`_stamp`), and checks every input: its event size, and for a
+    transform bound to per-point parameters (``param_batch_shape`` not ``None``), that its batch
+    shape broadcasts against theirs.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+    #: Batch shape of the per-point parameters the transform is bound to; ``None`` when it owns them.
+    param_batch_shape = None
 
     def __init__(self, dim, cache_size=1):
-        if cache_size not in (0, 1):
-            raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
+        check_choice("cache_size", cache_size, (0, 1))
         super().__init__(cache_size=cache_size)
-        self.dim = check_dim("dim", dim)
+        self.dim = check_int("dim", dim)
         self._cache = None
 
     # -- the primitive ------------------------------------------------------------------------
@@ -75,7 +88,7 @@ class FlowTransform(Transform):
 
     # -- caching, in one place ------------------------------------------------------------------
     def _stamp(self):
-        """A value that changes whenever the parameters change in place (modules override)."""
+        """A value that changes whenever a parameter changes in place or is replaced (modules override)."""
         return None
 
     def _check(self, value, what):
@@ -86,6 +99,9 @@ class FlowTransform(Transform):
                 f"{type(self).__name__} has event shape ({self.dim},) but got {what} of shape "
                 f"{tuple(value.shape)}"
             )
+        batch = self.param_batch_shape
+        if batch is not None:
+            check_batch(type(self).__name__, value.shape[:-1], batch, what)
 
     def __call__(self, x):
         cache = self._cache
@@ -144,13 +160,13 @@ class Hypernet(nn.Module):
 
     def __init__(self, context_dim, shapes, init, hidden=()):
         super().__init__()
-        self.context_dim = check_dim("context_dim", context_dim)
+        self.context_dim = check_int("context_dim", context_dim)
         self.names = list(shapes)
         self.shapes = [tuple(shapes[n]) for n in self.names]
         self.sizes = [math.prod(s) for s in self.shapes]
         layers, width = [], context_dim
         for h in hidden:
-            layers += [nn.Linear(width, check_dim("hidden", h)), nn.ELU()]
+            layers += [nn.Linear(width, check_int("hidden", h)), nn.ELU()]
             width = h
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, sum(self.sizes))
@@ -200,7 +216,7 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
 
     def __init__(self, dim, context_dim=0, cache_size=1):
         super().__init__(dim, cache_size=cache_size)
-        self.context_dim = check_dim("context_dim", context_dim, minimum=0)
+        self.context_dim = check_int("context_dim", context_dim, minimum=0)
         self._param_list = []
 
     # -- hooks for families -----------------------------------------------------------------------
@@ -236,8 +252,8 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
         if self.context_dim:
             return None
         if not self._modules:  # the common case: parameters owned directly, no recursion needed
-            return tuple(p._version for p in self._parameters.values() if p is not None)
-        return tuple(p._version for p in self.parameters())
+            return _parameter_stamp(self._parameters.values())
+        return _parameter_stamp(self.parameters())
 
     def _check_context(self, context):
         """Raise a clear error unless ``context`` fits ``context_dim``; return whether one is used."""
@@ -264,6 +280,37 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
         """The constrained parameters used by the maths, for the given context (if amortized)."""
         return self.constrain(self.raw_params(context))
 
+    def raw_batch_shape(self, raw):
+        """The batch shape of raw parameters ``raw`` (as from :meth:`raw_params`); checks them first.
+
+        Raises a ``ValueError`` unless ``raw`` has exactly the names of :meth:`param_shapes`, each a
+        tensor of shape ``batch + shape`` with batch shapes that broadcast together.
+        """
+        shapes = self.param_shapes()
+        if not isinstance(raw, dict) or set(raw) != set(shapes):
+            got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise ValueError(
+                f"{type(self).__name__}.bind expects raw parameters {sorted(shapes)} (as from "
+                f".raw_params(context)), got {got}"
+            )
+        batches = []
+        for name, shape in shapes.items():
+            value = raw[name]
+            n = len(shape)
+            if not torch.is_tensor(value) or value.dim() < n or tuple(value.shape[value.dim() - n :]) != tuple(shape):
+                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise ValueError(
+                    f"{type(self).__name__}.bind: raw[{name!r}] must have shape (..., *{shape}), got {got}"
+                )
+            batches.append(value.shape[: value.dim() - n])
+        try:
+            return torch.broadcast_shapes(*batches)
+        except RuntimeError:
+            raise ValueError(
+                f"{type(self).__name__}.bind: the raw parameters' batch shapes "
+                f"{[tuple(b) for b in batches]} do not broadcast together"
+            ) from None
+
     # -- transform --------------------------------------------------------------------------------
     def forward_and_log_det(self, x):
         return self._forward(x, self.params())
@@ -277,7 +324,7 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
         This is how an encoder that outputs every flow parameter per data point uses the family's
         maths, and how per-point parameters are refined as free tensors.
         """
-        return ConditionedFlow(self, self.constrain(raw))
+        return ConditionedFlow(self, raw)
 
     def condition(self, context):
         """Return the transform with parameters computed from ``context`` (shape ``(..., context_dim)``)."""
@@ -291,18 +338,40 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
 
 
 class ConditionedFlow(FlowTransform):
-    """A flow family's maths bound to parameter tensors (e.g. predicted per data point)."""
+    """A flow family's maths bound to parameter tensors (e.g. predicted per data point).
 
-    def __init__(self, module, params, cache_size=1):
+    Built by :meth:`FlowModule.bind` (and so by :meth:`FlowModule.condition`).  It keeps the raw
+    parameters it was given (``raw``, checked against the family's ``param_shapes``) and their
+    constrained values (``bound``, what the family's ``_forward`` / ``_inverse`` read).  Inputs
+    must have a batch shape that broadcasts against the parameters' (``param_batch_shape``): e.g.
+    with a context of shape ``(B, C)`` an input ``(B, D)`` or, for ``S`` particles, ``(S, B, D)``.
+
+    Args:
+        module (FlowModule): the family whose maths is used.
+        raw (dict): raw parameters, ``{name: tensor of shape batch + shape}``.
+        cache_size (int): 0 or 1.
+
+    Example:
+        >>> from pyro_nfvi.transforms import Planar
+        >>> t = Planar(2, context_dim=3).condition(torch.randn(4, 3))
+        >>> t.param_batch_shape, sorted(t.bound)
+        (torch.Size([4]), ['b', 'u', 'w', 'wu'])
+        >>> t(torch.randn(5, 4, 2)).shape
+        torch.Size([5, 4, 2])
+    """
+
+    def __init__(self, module, raw, cache_size=1):
         super().__init__(module.dim, cache_size=cache_size)
+        self.param_batch_shape = module.raw_batch_shape(raw)
         self.module = module
-        self.params = params
+        self.raw = raw
+        self.bound = module.constrain(raw)
 
     def forward_and_log_det(self, x):
-        return self.module._forward(x, self.params)
+        return self.module._forward(x, self.bound)
 
     def inverse_and_log_det(self, y):
-        return self.module._inverse(y, self.params)
+        return self.module._inverse(y, self.bound)
 
     def __repr__(self):
         return f"ConditionedFlow({type(self.module).__name__}, dim={self.dim})"
@@ -332,15 +401,54 @@ class NetworkFlowModule(FlowModule):
         """``{"context": context}`` for an amortized layer, ``{}`` otherwise."""
         return {"context": context} if self._check_context(context) else {}
 
+    def raw_batch_shape(self, raw):
+        """The context's batch shape for ``raw = {"context": context}`` (``()`` for ``{}``); checks it."""
+        if not isinstance(raw, dict) or set(raw) - {"context"}:
+            got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise ValueError(f"{type(self).__name__}.bind expects {{'context': tensor}} or {{}}, got {got}")
+        context = raw.get("context")
+        self._check_context(context)
+        return torch.Size(()) if context is None else context.shape[:-1]
+
     def _stamp(self):
-        return tuple(p._version for p in self.parameters())
+        return _parameter_stamp(self.parameters())
 
     def bind(self, raw):
         """The layer bound to ``raw`` (``{"context": ...}``): see :class:`NetworkConditionedFlow`."""
-        return NetworkConditionedFlow(self, self.constrain(raw))
+        return NetworkConditionedFlow(self, raw)
+
+
+def check_batch(name, batch, param_batch, what="input"):
+    """Raise a ``ValueError`` unless an input's ``batch`` shape broadcasts against ``param_batch``.
+
+    Used by every transform bound to per-point parameters, so that a context of the wrong batch
+    shape is reported with both shapes instead of a broadcasting error deep inside the maths.
+
+    Example:
+        >>> check_batch("Planar", torch.Size([3, 4]), torch.Size([4]))
+        >>> check_batch("Planar", torch.Size([5]), torch.Size([8]))
+        Traceback (most recent call last):
+            ...
+        ValueError: Planar: input batch shape (5,) does not broadcast against the batch shape (8,) ...
+    """
+    try:
+        torch.broadcast_shapes(batch, param_batch)
+    except RuntimeError:
+        dims = ", ".join(str(d) for d in param_batch)
+        raise ValueError(
+            f"{name}: {what} batch shape {tuple(batch)} does not broadcast against the batch shape "
+            f"{tuple(param_batch)} of its context (or bound parameters); give the {what} shape "
+            f"(..., {dims}, D), sample dimensions first"
+        ) from None
 
 
 def broadcast_context(x, context):
     """Expand ``x`` (``(..., D)``) and ``context`` (``(..., C)``) to their common batch shape."""
-    batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    try:
+        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} and context of shape {tuple(context.shape)} have batch "
+            f"shapes {tuple(x.shape[:-1])} and {tuple(context.shape[:-1])} that do not broadcast"
+        ) from None
     return x.expand(batch + x.shape[-1:]), context.expand(batch + context.shape[-1:])

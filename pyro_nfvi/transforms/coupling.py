@@ -9,8 +9,9 @@ import torch
 from pyro.nn import DenseNN
 from torch import nn
 
+from ..validation import check_choice, check_int, check_positive
 from .base import NetworkFlowModule, broadcast_context
-from .iaf import _hidden_sizes
+from .hidden_sizes import hidden_sizes
 
 __all__ = ["AffineCoupling"]
 
@@ -78,20 +79,16 @@ class AffineCoupling(NetworkFlowModule):
         cache_size=1,
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
-        if isinstance(parity, bool) or parity not in (0, 1):
-            raise ValueError(f"parity must be 0 or 1, got {parity!r}")
-        if form not in ("affine", "additive"):
-            raise ValueError(f"form must be 'affine' or 'additive', got {form!r}")
+        check_choice("parity", check_int("parity", parity, minimum=0), (0, 1))
+        check_choice("form", form, ("affine", "additive"))
         if log_scale_clip is not None:
-            log_scale_clip = float(log_scale_clip)
-            if not log_scale_clip > 0:
-                raise ValueError(f"log_scale_clip must be > 0 or None, got {log_scale_clip!r}")
+            log_scale_clip = check_positive("log_scale_clip", log_scale_clip)
         self.parity = parity
         self.form = form
         self.log_scale_clip = log_scale_clip
         self.stable = bool(stable)
         self.sigmoid_bias = float(sigmoid_bias)
-        self.hidden = _hidden_sizes(hidden, (64, 64), 1)
+        self.hidden = hidden_sizes(hidden, (64, 64), 1)
         num_id = self.dim // 2
         if parity == 0 or self.dim == 1:
             cond, trans = torch.arange(num_id), torch.arange(num_id, self.dim)
@@ -115,7 +112,6 @@ class AffineCoupling(NetworkFlowModule):
             with torch.no_grad():
                 last.weight.zero_()
                 last.bias.zero_()
-
 
     # -- maths --------------------------------------------------------------------------------
     def _shift_scale(self, x, context):

@@ -13,24 +13,32 @@ autograd nodes backward.  :func:`fused_planar` runs a whole run of layers in one
   layer's ``u-hat``, ``w``, ``b`` and ``w.u`` at once (summed over the points that share them).
 
 The maths is that of :mod:`~pyro_nfvi.transforms.planar`: the same constraint (applied outside the
-fused node, so autograd routes its gradient to each layer's parameters or hypernetwork) and the same
-log-space log-det :math:`\ell = \log\mathrm{sech}^2 a + \log(\sinh^2 a + s)` with
+fused node by :func:`planar_run_params`, once for the stacked parameters of the run, so autograd
+routes its gradient to each layer's parameters or hypernetwork) and the same log-space log-det
+:math:`\ell = \log\mathrm{sech}^2 a + \log(\sinh^2 a + s)` with
 :math:`s = \mathrm{softplus}(w.u + \log(e - 1))`, computed as the equal
-:math:`\ell = \mathrm{logaddexp}(2\log|	anh a|, \log\mathrm{sech}^2 a + \log s)`.  Its derivatives
+:math:`\ell = \mathrm{logaddexp}(2\log|\tanh a|, \log\mathrm{sech}^2 a + \log s)`.  Its derivatives
 are written in log space too, so they stay finite at ``w = 0`` and ``w.u -> -inf``:
 
 .. math::
 
-    rac{\partial \ell}{\partial a} = 2\,\mathrm{sign}(a)\, e^{\log|	anh a| - \ell} - 2	anh a,
+    \frac{\partial \ell}{\partial a} = 2\,\mathrm{sign}(a)\, e^{\log|\tanh a| - \ell} - 2\tanh a,
     \qquad
-    rac{\partial \ell}{\partial (w.u)} = e^{\log\mathrm{sech}^2 a + \log s - \ell}\,
-    rac{d \log s}{d (w.u)}.
+    \frac{\partial \ell}{\partial (w.u)} = e^{\log\mathrm{sech}^2 a + \log s - \ell}\,
+    \frac{d \log s}{d (w.u)}.
 
-:class:`~pyro_nfvi.transforms.stack.FlowStack` calls :func:`forward_layers`, which sends every run
-of two or more consecutive planar layers (owned, or bound to per-point parameters) through the
-fused node; everything else, and every inverse, takes the per-layer path, as does tracing with
-``torch.jit.trace`` (``JitTrace_ELBO``).  The fused node is first-order only (no double backward):
-switch it off with :func:`use_fused_planar` where a Hessian through the flow is needed.
+**Where the fused node is not used.**  :func:`fused_planar` decides, in one place, between the
+fused node and the same maths written with ordinary tensor ops (one layer at a time): the latter is
+used when the fused path is switched off (:func:`use_fused_planar`), under ``torch.jit.trace``
+(``JitTrace_ELBO``: a trace would record the node's in-place ops), under ``torch.compile`` and
+inside ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ...: the node has no functorch
+rules), and when the parameters' dtype or device differ from the input's.  Higher derivatives
+through the fused node itself work: its backward is written with in-place buffer ops when only a
+gradient is wanted, and when a graph of the backward is wanted (``create_graph=True``, e.g. a
+Hessian or Laplace warm start through the flow) it recomputes the run with ordinary ops and
+differentiates that, so double backward is exact.
+
+Which layers form a run is decided by :func:`~pyro_nfvi.transforms.runs.plan_layers`.
 
 Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
 """
@@ -38,19 +46,17 @@ import contextlib
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from .base import ConditionedFlow
 from .planar import PLANAR_SHIFT, Planar, planar_log_det, planar_uhat
 
-__all__ = ["fused_planar", "forward_layers", "planar_run_params", "use_fused_planar", "fused_planar_enabled"]
+__all__ = ["fused_planar", "planar_run_params", "use_fused_planar", "fused_planar_enabled"]
 
 _LOG2 = math.log(2.0)
 _STATE = {"enabled": True}
 
 
 def fused_planar_enabled():
-    """Whether :class:`~pyro_nfvi.transforms.stack.FlowStack` fuses runs of planar layers.
+    """Whether :func:`fused_planar` may use its fused autograd node (see :func:`use_fused_planar`).
 
     Example:
         >>> fused_planar_enabled()
@@ -61,12 +67,14 @@ def fused_planar_enabled():
 
 @contextlib.contextmanager
 def use_fused_planar(enabled=True):
-    """Context manager that switches the fused planar path on or off (it is on by default).
+    """Context manager that switches the fused planar node on or off (it is on by default).
 
-    Switch it off to differentiate twice through a planar stack (the fused node is first-order).
+    Switched off, runs of planar layers use the same maths with ordinary tensor ops, one layer at a
+    time: an ablation for benchmarks.  It is never needed for correctness: higher derivatives,
+    ``torch.func``, ``torch.compile`` and ``torch.jit.trace`` are handled automatically.
 
     Args:
-        enabled (bool): whether runs of planar layers use :func:`fused_planar`.
+        enabled (bool): whether runs of planar layers use the fused node.
 
     Example:
         >>> with use_fused_planar(False):
@@ -83,6 +91,24 @@ def use_fused_planar(enabled=True):
         yield
     finally:
         _STATE["enabled"] = previous
+
+
+def _functorch_active():
+    # torch.func has no public "am I inside a transform" query; autograd.Function itself asks this
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
+
+
+def _compiling():
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
+def _use_fused_node(x, params):
+    """The one decision between the fused node and the layer-by-layer maths (see the module doc)."""
+    if not _STATE["enabled"] or torch.jit.is_tracing() or _compiling() or _functorch_active():
+        return False
+    return all(t.dtype == x.dtype and t.device == x.device for t in params)
 
 
 # -- the log-det and its derivatives, in log space ----------------------------------------------------
@@ -116,6 +142,10 @@ class _FusedPlanar(torch.autograd.Function):
     the points sharing each set (e.g. particles).  With ``P = 1`` a layer is a matrix-vector
     product and a rank-one update; otherwise every op broadcasts over ``M``, and ``b`` rides along
     as an extra input column of ones so that ``a = w.z + b`` is a single dot product.
+
+    The backward has two forms: the in-place reverse sweep when only gradients are wanted, and,
+    when autograd records the backward (``create_graph=True``), a differentiable one that
+    recomputes the run with :func:`_layer_loop` and differentiates it, so every order works.
     """
 
     @staticmethod
@@ -151,13 +181,15 @@ class _FusedPlanar(torch.autograd.Function):
         log_s, dlog_s = log_s.unsqueeze(1), dlog_s.unsqueeze(1)
         ld, log_abs_t, log_qs = _log_det_parts(A, T.squeeze(-1), log_s)
         if any(ctx.needs_input_grad):
-            ctx.save_for_backward(Z, T, u, w, ld, log_abs_t, log_qs, dlog_s)
+            ctx.save_for_backward(x, u, w, b, wu, Z, T, ld, log_abs_t, log_qs, dlog_s)
         return y, ld.sum(0)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gy, gld):
-        Z, T, u, w, ld, log_abs_t, log_qs, dlog_s = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the backward itself must be differentiable (Hessians, Laplace)
+            return _differentiable_backward(ctx, gy, gld)
+        _, u, w, _, _, Z, T, ld, log_abs_t, log_qs, dlog_s = ctx.saved_tensors
         K, P, D = u.shape
         M = T.shape[1]
         t = T.squeeze(-1)
@@ -197,14 +229,28 @@ class _FusedPlanar(torch.autograd.Function):
         return G[0].reshape(M, P, D), gu, gw, gb, gwu
 
 
+def _differentiable_backward(ctx, gy, gld):
+    """The vector-Jacobian product of :class:`_FusedPlanar`, as a graph autograd can differentiate."""
+    inputs = ctx.saved_tensors[:5]
+    wanted = [t for t, needed in zip(inputs, ctx.needs_input_grad) if needed]
+    with torch.enable_grad():
+        y, ld = _layer_loop(*inputs)
+        grads = iter(torch.autograd.grad((y, ld), wanted, (gy, gld), create_graph=True, allow_unused=True))
+    return tuple(next(grads) if needed else None for needed in ctx.needs_input_grad)
+
+
 def fused_planar(x, u, w, b, wu):
     """Apply ``K`` planar layers ``z <- z + u_k tanh(w_k.z + b_k)`` in one autograd node.
 
     Returns ``(y, sum_k log|det J_k|)`` with the log-det of :func:`planar.planar_log_det`.  The
     parameters are the *constrained* ones (``u`` is u-hat, ``wu = w . u`` of the raw ``u``, as
-    returned by :func:`planar.planar_uhat`), stacked over layers on dim 0.  Their batch shape
-    broadcasts against ``x``'s (e.g. per-point parameters ``(K, B, D)`` with vectorized particles
-    ``x (S, B, D)``); gradients are summed over broadcast dimensions.
+    returned by :func:`planar.planar_uhat` or :func:`planar_run_params`), stacked over layers on
+    dim 0.  Their batch shape broadcasts against ``x``'s (e.g. per-point parameters ``(K, B, D)``
+    with vectorized particles ``x (S, B, D)``); gradients are summed over broadcast dimensions.
+
+    This is the one place that chooses between the fused autograd node and the same maths with
+    ordinary ops (see the module docstring for when the latter is used); both give the same
+    values and derivatives of every order.
 
     Args:
         x (Tensor): inputs ``(*batch_x, D)``.
@@ -235,7 +281,13 @@ def fused_planar(x, u, w, b, wu):
         )
     K, D = u.shape[0], u.shape[-1]
     pbatch, xbatch = u.shape[1:-1], x.shape[:-1]
-    batch = torch.broadcast_shapes(xbatch, pbatch)
+    try:
+        batch = torch.broadcast_shapes(xbatch, pbatch)
+    except RuntimeError:
+        raise ValueError(
+            f"fused_planar: the input's batch shape {tuple(xbatch)} does not broadcast against the "
+            f"parameters' batch shape {tuple(pbatch)} (u of shape {tuple(u.shape)})"
+        ) from None
     # layout (M, P, D): the parameters' batch is the trailing part of `batch` (size P), the leading
     # part (size M) shares them; parameters with size-1 dims inside that tail are expanded (autograd
     # sums their gradients back).
@@ -251,12 +303,10 @@ def fused_planar(x, u, w, b, wu):
     u, w, b, wu = u.reshape(K, P, D), w.reshape(K, P, D), b.reshape(K, P), wu.reshape(K, P)
     if xbatch != batch:
         x = x.expand(batch + (D,))
-    if torch.jit.is_tracing():
-        # a traced graph would record the in-place ops inside the fused node (and not its
-        # backward): trace the per-layer maths instead
-        y, ld = _layer_loop(x.reshape(M, P, D), u, w, b, wu)
-    else:
+    if _use_fused_node(x, (u, w, b, wu)):
         y, ld = _FusedPlanar.apply(x.reshape(M, P, D), u, w, b, wu)
+    else:
+        y, ld = _layer_loop(x.reshape(M, P, D), u, w, b, wu)
     return y.reshape(batch + (D,)), ld.reshape(batch)
 
 
@@ -270,111 +320,59 @@ def _layer_loop(x, u, w, b, wu):
     return x, total
 
 
-# -- dispatch from stacks ------------------------------------------------------------------------------
-def _is_planar(layer):
-    if type(layer) is Planar:
-        return layer.context_dim == 0
-    return type(layer) is ConditionedFlow and type(layer.module) is Planar
+# -- the parameters of a run -------------------------------------------------------------------------
+def planar_run_params(layers, raws=None):
+    """The constrained parameters of consecutive planar layers, stacked for :func:`fused_planar`.
 
-
-def planar_run_params(layers):
-    """Stack the constrained parameters of consecutive planar layers for :func:`fused_planar`.
-
-    Owned layers (``Planar(dim)``) have their raw parameters stacked and constrained once, for all
-    layers together; bound layers (``Planar(dim, context_dim=c).condition(ctx)``) contribute their
-    already constrained per-point parameters, broadcast to a common batch shape.
+    This is the one place where planar parameters are stacked.  The raw ``u, w, b`` of every layer
+    -- its own parameters (``raws[k] is None``, a ``Planar`` built with ``context_dim=0``) or the
+    per-point raw parameters it is bound to (``raws[k]``, as from ``layer.raw_params(context)``) --
+    are broadcast to a common batch shape, stacked on a new dim 0, and constrained once for the
+    whole run (:func:`~pyro_nfvi.transforms.planar.planar_uhat`), instead of once per layer.
 
     Args:
-        layers (list): ``Planar`` modules with ``context_dim=0`` and/or ``ConditionedFlow`` objects
-            wrapping a ``Planar``.
+        layers (sequence): ``Planar`` modules.
+        raws (sequence or None): per layer, ``None`` (owned parameters) or a raw parameter dict
+            ``{"u", "w", "b"}``; ``None`` means all owned.
 
     Returns:
-        tuple: ``(u_hat, w, b, wu)`` stacked on dim 0.
+        tuple: ``(u_hat, w, b, wu)`` with shapes ``(K, *batch, D)``, ``(K, *batch, D)``,
+        ``(K, *batch)``, ``(K, *batch)``.
 
     Example:
         >>> u, w, b, wu = planar_run_params([Planar(3), Planar(3)])
         >>> u.shape, b.shape
         (torch.Size([2, 3]), torch.Size([2]))
+        >>> amortized = Planar(3, context_dim=4)
+        >>> raws = [None, amortized.raw_params(torch.randn(5, 4))]
+        >>> planar_run_params([Planar(3), amortized], raws)[0].shape
+        torch.Size([2, 5, 3])
     """
-    if not layers or not all(_is_planar(layer) for layer in layers):
-        raise TypeError("planar_run_params expects a non-empty list of owned or bound Planar layers")
-    if all(type(layer) is Planar for layer in layers):
-        u = torch.stack([layer.u for layer in layers])
-        w = torch.stack([layer.w for layer in layers])
-        b = torch.stack([layer.b for layer in layers])
-        uhat, wu = planar_uhat(u, w)
-        return uhat, w, b, wu
-    ps = [layer.params() if type(layer) is Planar else layer.params for layer in layers]
-    shapes = {p["w"].shape[:-1] for p in ps}
-    if len(shapes) > 1:
-        pbatch = torch.broadcast_shapes(*shapes)
-        D = ps[0]["w"].shape[-1]
-        ps = [
-            {
-                "u": p["u"].expand(pbatch + (D,)),
-                "w": p["w"].expand(pbatch + (D,)),
-                "b": p["b"].expand(pbatch),
-                "wu": p["wu"].expand(pbatch),
-            }
-            for p in ps
-        ]
-    return tuple(torch.stack([p[name] for p in ps]) for name in ("u", "w", "b", "wu"))
-
-
-def _run_fusable(params, x):
-    return all(t.dtype == x.dtype and t.device == x.device for t in params)
-
-
-def forward_layers(layers, x):
-    """``forward_and_log_det`` of the composition of ``layers``, fusing runs of planar layers.
-
-    Every run of two or more consecutive planar layers (owned, or ``ConditionedFlow`` of a
-    ``Planar``) goes through :func:`fused_planar` (unless switched off by
-    :func:`use_fused_planar`); other layers use their own ``forward_and_log_det``.
-
-    Args:
-        layers (sequence): flow transforms with ``forward_and_log_det``.
-        x (Tensor): input ``(..., D)``.
-
-    Returns:
-        tuple: ``(y, log|det J|)`` with shapes ``(..., D)`` and ``(...)``.
-
-    Example:
-        >>> layers = [Planar(2) for _ in range(3)]
-        >>> y, ld = forward_layers(layers, torch.randn(5, 2))
-        >>> y.shape, ld.shape
-        (torch.Size([5, 2]), torch.Size([5]))
-    """
-    total = None
     layers = list(layers)
-    n, i = len(layers), 0
-    fuse = _STATE["enabled"] and not torch.jit.is_tracing()
-    while i < n:
-        j = i
-        if fuse:
-            while j < n and _is_planar(layers[j]):
-                j += 1
-        if j - i >= 2:
-            params = planar_run_params(layers[i:j])
-            if _run_fusable(params, x):
-                x, ladj = fused_planar(x, *params)
-            else:
-                x, ladj = _loop(layers[i:j], x)
-            i = j
-        else:
-            x, ladj = layers[i].forward_and_log_det(x)
-            i += 1
-        total = ladj if total is None else total + ladj
-    if total is None:
-        return x, x.new_zeros(x.shape[:-1])
-    if not torch.jit.is_tracing() and total.shape != x.shape[:-1]:
-        total = total.expand(x.shape[:-1])
-    return x, total
-
-
-def _loop(layers, x):
-    total = None
-    for layer in layers:
-        x, ladj = layer.forward_and_log_det(x)
-        total = ladj if total is None else total + ladj
-    return x, total
+    raws = [None] * len(layers) if raws is None else list(raws)
+    if not layers or len(raws) != len(layers) or any(type(layer) is not Planar for layer in layers):
+        raise TypeError(
+            "planar_run_params expects a non-empty list of Planar modules and one raw entry (or None) "
+            f"per layer, got {[type(layer).__name__ for layer in layers]} and {len(raws)} raw entries"
+        )
+    us, ws, bs = [], [], []
+    for i, (layer, raw) in enumerate(zip(layers, raws)):
+        if raw is None:
+            if layer.context_dim:
+                raise ValueError(
+                    f"planar_run_params: layer {i} is amortized (context_dim={layer.context_dim}) and needs "
+                    "its raw parameters (layer.raw_params(context)), got None"
+                )
+            raw = layer.raw_params()
+        us.append(raw["u"])
+        ws.append(raw["w"])
+        bs.append(raw["b"])
+    if len({t.shape for t in us + ws}) > 1 or len({t.shape for t in bs}) > 1:
+        D = layers[0].dim
+        batch = torch.broadcast_shapes(*(t.shape[:-1] for t in us + ws), *(t.shape for t in bs))
+        us = [t.expand(batch + (D,)) for t in us]
+        ws = [t.expand(batch + (D,)) for t in ws]
+        bs = [t.expand(batch) for t in bs]
+    w = torch.stack(ws)
+    uhat, wu = planar_uhat(torch.stack(us), w)
+    return uhat, w, torch.stack(bs), wu

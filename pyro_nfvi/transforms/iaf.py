@@ -13,24 +13,10 @@ import torch
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch.nn import functional as F
 
-from .base import NetworkFlowModule, broadcast_context, check_dim
+from .base import NetworkFlowModule, broadcast_context
+from .hidden_sizes import hidden_sizes
 
 __all__ = ["IAF"]
-
-
-def _hidden_sizes(hidden, default, minimum):
-    """Validate a list of hidden sizes (``None`` -> ``default``); every size must be ``>= minimum``."""
-    if hidden is None:
-        return list(default)
-    if isinstance(hidden, int):
-        hidden = [hidden]
-    hidden = [check_dim("hidden", h) for h in hidden]
-    if not hidden:
-        raise ValueError("hidden must name at least one hidden layer size, got an empty sequence")
-    for h in hidden:
-        if h < minimum:
-            raise ValueError(f"hidden sizes must be >= {minimum} (the event size), got {hidden}")
-    return hidden
 
 
 class IAF(NetworkFlowModule):
@@ -42,8 +28,12 @@ class IAF(NetworkFlowModule):
 
     ``mu`` and ``s`` come from :class:`pyro.nn.AutoRegressiveNN` (``arn``), whose ``permutation``
     buffer fixes the autoregressive order: output ``i`` reads only the inputs before ``i`` in that
-    order.  The permutation and the MADE masks (buffers of the masked layers) are saved with
-    ``state_dict``, so a freshly built module that loads it reproduces the flow exactly.
+    order.  It is the identity here, not Pyro's default ``torch.randperm``: the buffers (the
+    permutation and the MADE masks, which Pyro builds deterministically from it) are then a pure
+    function of the arguments, so two modules built alike are alike whatever the RNG state, and a
+    stack changes the order between layers with explicit :class:`~pyro_nfvi.transforms.stack.Permute`
+    layers (as :func:`~pyro_nfvi.transforms.flow` does).  They are saved with ``state_dict``, so a
+    freshly built module that loads it reproduces the flow exactly.
 
     * ``stable=False`` (affine form): ``sigma = exp(clamp(s, log_scale_min_clip, log_scale_max_clip))``.
       The clamp is a plain clamp (true gradients, zero beyond the clips).
@@ -100,7 +90,7 @@ class IAF(NetworkFlowModule):
         cache_size=1,
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
-        hidden = _hidden_sizes(hidden, [max(3 * self.dim + 1, 16)], self.dim)
+        hidden = hidden_sizes(hidden, [max(3 * self.dim + 1, 16)], self.dim)
         if not log_scale_min_clip < log_scale_max_clip:
             raise ValueError(
                 f"log_scale_min_clip must be < log_scale_max_clip, got {log_scale_min_clip} and {log_scale_max_clip}"
@@ -113,10 +103,13 @@ class IAF(NetworkFlowModule):
         with warnings.catch_warnings():
             # dim=1 is supported on purpose (an elementwise affine map); see the class docstring
             warnings.filterwarnings("ignore", message="ConditionalAutoRegressiveNN input_dim = 1")
+            order = torch.arange(self.dim)  # explicit: Pyro's default order is a random permutation
             if self.context_dim:
-                self.arn = ConditionalAutoRegressiveNN(self.dim, self.context_dim, hidden, param_dims=[1, 1])
+                self.arn = ConditionalAutoRegressiveNN(
+                    self.dim, self.context_dim, hidden, param_dims=[1, 1], permutation=order
+                )
             else:
-                self.arn = AutoRegressiveNN(self.dim, hidden, param_dims=[1, 1])
+                self.arn = AutoRegressiveNN(self.dim, hidden, param_dims=[1, 1], permutation=order)
         # Output ordering of the last MaskedLinear: rows [0, D) are m, rows [D, 2D) are s (Pyro reshapes
         # to (..., 2, D)).  Zeroing the weight (the mask multiplies it, so masks are respected) and the
         # bias gives m = s = 0 for every input and context.
@@ -124,7 +117,6 @@ class IAF(NetworkFlowModule):
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
-
 
     @property
     def permutation(self):

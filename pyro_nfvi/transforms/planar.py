@@ -4,6 +4,7 @@ import math
 import torch
 
 from .base import FlowModule
+from .monotone import solve_monotone
 
 __all__ = ["Planar", "planar_uhat", "planar_log_det", "log_softplus", "PLANAR_SHIFT"]
 
@@ -116,7 +117,7 @@ class Planar(FlowModule):
         wy = (w * y).sum(-1)
         uw = (uhat * w).sum(-1)
         with torch.no_grad():
-            alpha = _solve_monotone(wy.detach(), uw.detach(), b.detach() if torch.is_tensor(b) else b)
+            alpha = solve_monotone(wy.detach(), uw.detach(), b.detach() if torch.is_tensor(b) else b)
         # one Newton step with gradients attached: exact value, implicit-function gradient
         t = torch.tanh(alpha + b)
         g = alpha + uw * t - wy
@@ -124,22 +125,3 @@ class Planar(FlowModule):
         alpha = alpha - g / dg
         x = y - uhat * torch.tanh(alpha + b).unsqueeze(-1)
         return x, planar_log_det(alpha + b, p["wu"])
-
-
-def _solve_monotone(wy, uw, b, iters=200):
-    """Solve ``alpha + uw * tanh(alpha + b) = wy`` (``uw > -1``) by bisection then Newton."""
-    wy, uw, b = torch.broadcast_tensors(wy, uw, torch.as_tensor(b, dtype=wy.dtype, device=wy.device))
-    span = uw.abs()
-    lo, hi = wy - span, wy + span
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        above = mid + uw * torch.tanh(mid + b) > wy
-        hi = torch.where(above, mid, hi)
-        lo = torch.where(above, lo, mid)
-        if bool(((hi - lo) <= 4 * torch.finfo(wy.dtype).eps * (1.0 + mid.abs())).all()):
-            break
-    alpha = 0.5 * (lo + hi)
-    for _ in range(2):
-        t = torch.tanh(alpha + b)
-        alpha = alpha - (alpha + uw * t - wy) / (1.0 + uw * (1.0 - t * t))
-    return alpha

@@ -1,18 +1,21 @@
-"""Stacks of flow layers: :class:`FlowStack`, :class:`Permute` and the :func:`flow` factory."""
+"""Stacks of flow layers: :class:`FlowStack`, :class:`BoundStack`, :class:`Permute` and the :func:`flow` factory."""
+import warnings
+
 import torch
 from pyro.distributions.conditional import ConditionalTransform
 from torch import nn
 
-from .base import FlowModule, FlowTransform, check_dim
+from ..validation import check_choice, check_int
+from .base import FlowModule, FlowTransform
 from .coupling import AffineCoupling
-from .fused import forward_layers, fused_planar, fused_planar_enabled
 from .householder import Householder
 from .iaf import IAF
-from .planar import Planar, planar_uhat
+from .planar import Planar
 from .radial import Radial
+from .runs import compose_forward, compose_inverse, forward_layers, inverse_layers, plan_layers, split_runs
 from .sylvester import Sylvester
 
-__all__ = ["FlowStack", "Permute", "PlanarRun", "flow", "FAMILIES"]
+__all__ = ["BoundStack", "FlowStack", "Permute", "flow", "FAMILIES", "PERMUTATIONS"]
 
 #: The flow families by name, as accepted by :func:`flow` and the guides' ``flow=`` argument.
 FAMILIES = {
@@ -23,6 +26,9 @@ FAMILIES = {
     "sylvester": Sylvester,
     "coupling": AffineCoupling,
 }
+
+#: The orders :func:`flow` can put between IAF layers (``permutation=``).
+PERMUTATIONS = ("reverse", "random")
 
 
 class Permute(FlowModule):
@@ -63,8 +69,11 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
 
     Works like one transform: in a ``TransformedDistribution`` it caches ``(x, y, log|det J|)`` of
     the whole stack, so scoring a sample costs no extra pass.  Amortized stacks are conditioned with
-    :meth:`condition`; a layer marked ``chained`` (Householder in amortized use, Tomczak & Welling
-    2016) takes the previous layer's vector as its context instead of the data context.
+    :meth:`condition` (or :meth:`raw_params` then :meth:`bind`), which return a
+    :class:`BoundStack`; a layer marked ``chained`` (Householder in amortized use, Tomczak &
+    Welling 2016) takes the previous layer's vector as its context instead of the data context.
+    Runs of planar layers are applied by one fused kernel
+    (:func:`~pyro_nfvi.transforms.runs.plan_layers` decides).
 
     An empty stack is the identity (the Gaussian base alone).
 
@@ -97,7 +106,6 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         return tuple(layer._stamp() for layer in self.layers)
 
     def forward_and_log_det(self, x):
-        # runs of >= 2 consecutive planar layers go through one fused autograd node (fused.py)
         return forward_layers(self.layers, x)
 
     def inverse_and_log_det(self, y):
@@ -109,17 +117,18 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         A chained layer (amortized Householder after the first) reads the previous layer's raw
         ``"v"`` as its context.  Consecutive layers whose hypernetworks are single linear maps are
         evaluated with one matrix product over their concatenated weights.
+
+        Raises a ``ValueError`` if no layer of the stack is amortized (``context_dim=0``).
         """
-        raws, previous, i, n = [], None, 0, len(self.layers)
-        while i < n:
-            j = i
-            while j < n and _linear_head(self.layers[j]):
-                j += 1
-            if j - i >= 2:
-                raws.extend(_linear_heads(self.layers[i:j], context))
-                previous, i = raws[-1], j
+        self._check_amortized()
+        layers = self.layers
+        raws, previous = [], None
+        for start, stop, is_run in split_runs([_linear_head(layer) for layer in layers]):
+            if is_run:
+                raws.extend(_linear_heads(layers[start:stop], context))
+                previous = raws[-1]
                 continue
-            layer = self.layers[i]
+            layer = layers[start]
             if getattr(layer, "chained", False):
                 raw = layer.raw_params(previous["v"])
             elif getattr(layer, "context_dim", 0):
@@ -127,34 +136,55 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
             else:
                 raw = None
             raws.append(raw)
-            previous, i = raw, i + 1
+            previous = raw
         return raws
 
     def bind(self, raws):
         """The stack's transform with per-layer raw parameters ``raws`` (see :meth:`raw_params`).
 
-        A run of two or more amortized planar layers becomes one :class:`PlanarRun`, which applies
-        the u-hat constraint once to the stacked parameters and runs the fused planar kernel.
+        ``raws`` has one entry per layer: the raw parameter dict of every amortized layer and
+        ``None`` for every layer that owns its parameters.  Runs of planar layers become one
+        :class:`~pyro_nfvi.transforms.runs.PlanarRun` each (parameters constrained once, fused
+        kernel); see :func:`~pyro_nfvi.transforms.runs.plan_layers`.
+
+        Returns:
+            BoundStack
         """
+        if not isinstance(raws, (list, tuple)):
+            raise TypeError(f"FlowStack.bind expects a list of per-layer raw parameters, got {type(raws).__name__}")
         if len(raws) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} raw parameter entries, got {len(raws)}")
-        bound, i, n = [], 0, len(self.layers)
-        while i < n:
-            j = i
-            while j < n and raws[j] is not None and type(self.layers[j]) is Planar:
-                j += 1
-            if j - i >= 2:
-                bound.append(PlanarRun(self.layers[i:j], raws[i:j]))
-                i = j
-                continue
-            layer, raw = self.layers[i], raws[i]
-            bound.append(layer if raw is None else layer.bind(raw))
-            i += 1
-        return _BoundStack(bound, self.dim)
+            raise ValueError(
+                f"FlowStack.bind: expected {len(self.layers)} raw parameter entries (one per layer, as from "
+                f"raw_params(context)), got {len(raws)}"
+            )
+        for i, (layer, raw) in enumerate(zip(self.layers, raws)):
+            amortized = getattr(layer, "context_dim", 0) > 0
+            if amortized and raw is None:
+                raise ValueError(
+                    f"FlowStack.bind: layer {i} ({type(layer).__name__}) is amortized (context_dim="
+                    f"{layer.context_dim}) but raws[{i}] is None; pass the list from raw_params(context)"
+                )
+            if not amortized and raw is not None:
+                raise ValueError(
+                    f"FlowStack.bind: layer {i} ({type(layer).__name__}) was built with context_dim=0 and "
+                    f"owns its parameters, so raws[{i}] must be None, got {type(raw).__name__}"
+                )
+        return BoundStack(plan_layers(self.layers, raws), self.dim)
 
     def condition(self, context):
-        """Bind every amortized layer to ``context``; owned-parameter layers are used as they are."""
+        """Bind every amortized layer to ``context``; owned-parameter layers are used as they are.
+
+        Raises a ``ValueError`` if no layer of the stack is amortized (``context_dim=0``).
+        """
         return self.bind(self.raw_params(context))
+
+    def _check_amortized(self):
+        if not self.context_dim:
+            raise ValueError(
+                "FlowStack was built with context_dim=0 (none of its layers is amortized) and takes no "
+                "context: use the stack itself as the transform, or build it with "
+                "flow(family, dim, num_flows, context_dim=C)"
+            )
 
     def __len__(self):
         return len(self.layers)
@@ -167,15 +197,6 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
 
     def __repr__(self):
         return nn.Module.__repr__(self)
-
-
-def inverse_layers(layers, y):
-    """``inverse_and_log_det`` of the composition of ``layers`` (last layer inverted first)."""
-    total = y.new_zeros(y.shape[:-1])
-    for layer in reversed(layers):
-        y, ladj = layer.inverse_and_log_det(y)
-        total = total + ladj
-    return y, total
 
 
 def _linear_head(layer):
@@ -193,114 +214,106 @@ def _linear_heads(layers, context):
     return [layer.hypernet.unflatten(chunk) for layer, chunk in zip(layers, chunks)]
 
 
-class PlanarRun(FlowTransform):
-    """Consecutive amortized planar layers bound to raw per-point parameters, run as one kernel.
+class BoundStack(FlowTransform):
+    """A :class:`FlowStack` bound to per-layer raw parameters: what :meth:`FlowStack.bind` returns.
 
-    The raw ``u, w, b`` of the ``K`` layers are stacked and constrained once
-    (:func:`~pyro_nfvi.transforms.planar.planar_uhat`), then applied by
-    :func:`~pyro_nfvi.transforms.fused.fused_planar`; the inverse goes layer by layer.  Equivalent
-    to binding each layer (``[layer.bind(raw) for ...]``), with fewer operations.
-
-    Args:
-        layers (list): ``Planar`` modules (amortized).
-        raws (list): their raw parameter dicts, as from :meth:`FlowStack.raw_params`.
+    ``layers`` holds the planned transforms (:func:`~pyro_nfvi.transforms.runs.plan_layers`): a
+    :class:`~pyro_nfvi.transforms.runs.PlanarRun` per run of planar layers, bound layers and owned
+    layers.  Inputs must broadcast against the batch shape of the context (``param_batch_shape``).
 
     Example:
-        >>> stack = flow("planar", 3, num_flows=4, context_dim=5)
-        >>> run = PlanarRun(list(stack), stack.raw_params(torch.randn(7, 5)))
-        >>> x = torch.randn(7, 3)
-        >>> y, ld = run.forward_and_log_det(x)
-        >>> torch.allclose(run.inv(y.clone()), x, atol=1e-5), ld.shape
-        (True, torch.Size([7]))
+        >>> stack = flow("planar", 2, num_flows=3, context_dim=4)
+        >>> bound = stack.condition(torch.randn(5, 4))
+        >>> bound.param_batch_shape, bound(torch.randn(7, 5, 2)).shape
+        (torch.Size([5]), torch.Size([7, 5, 2]))
     """
 
-    def __init__(self, layers, raws):
-        super().__init__(layers[0].dim)
-        self.layers, self.raws = list(layers), list(raws)
-        self._layer_by_layer = None
-
-    def _bound_layers(self):
-        if self._layer_by_layer is None:
-            self._layer_by_layer = [layer.bind(raw) for layer, raw in zip(self.layers, self.raws)]
-        return self._layer_by_layer
-
-    def forward_and_log_det(self, x):
-        if not fused_planar_enabled() or torch.jit.is_tracing():
-            return forward_layers(self._bound_layers(), x)
-        u, w, b = (torch.stack(torch.broadcast_tensors(*[r[k] for r in self.raws])) for k in ("u", "w", "b"))
-        if u.dtype != x.dtype or u.device != x.device:
-            return forward_layers(self._bound_layers(), x)
-        uhat, wu = planar_uhat(u, w)
-        y, ladj = fused_planar(x, uhat, w, b, wu)
-        if ladj.shape != x.shape[:-1]:
-            ladj = ladj.expand(x.shape[:-1])
-        return y, ladj
-
-    def inverse_and_log_det(self, y):
-        return inverse_layers(self._bound_layers(), y)
-
-
-class _BoundStack(FlowTransform):
     def __init__(self, layers, dim):
         super().__init__(dim)
-        self.layers = layers
+        self.layers = list(layers)
+        batches = [t.param_batch_shape for t in self.layers if t.param_batch_shape is not None]
+        if batches:
+            self.param_batch_shape = torch.broadcast_shapes(*batches)
 
     def _stamp(self):
         return tuple(layer._stamp() for layer in self.layers)
 
-    forward_and_log_det = FlowStack.forward_and_log_det
-    inverse_and_log_det = FlowStack.inverse_and_log_det
+    def forward_and_log_det(self, x):
+        return compose_forward(self.layers, x)
+
+    def inverse_and_log_det(self, y):
+        return compose_inverse(self.layers, y)
+
+    def __repr__(self):
+        return f"BoundStack({', '.join(type(t).__name__ for t in self.layers)}; dim={self.dim})"
 
 
-def flow(kind, dim, num_flows, context_dim=0, **opts):
+def flow(family=None, dim=None, num_flows=None, context_dim=0, seed=0, **opts):
     """Return a :class:`FlowStack` of ``num_flows`` layers of one family.
 
     Args:
-        kind (str): one of ``"planar"``, ``"radial"``, ``"householder"``, ``"iaf"``,
+        family (str): one of ``"planar"``, ``"radial"``, ``"householder"``, ``"iaf"``,
             ``"sylvester"``, ``"coupling"``, or ``"none"`` (an empty stack: the identity).
         dim (int): event size.
         num_flows (int): number of layers.
         context_dim (int): 0 for owned parameters, ``> 0`` for amortized parameters.
-        **opts: passed to every layer (e.g. ``hidden=(64,)``, ``kind="orthogonal"`` for Sylvester as
-            ``sylvester_kind``); ``permutation="reverse"|"random"`` sets the order changes between
-            IAF layers.
+        seed (int): seeds the layer orders drawn at random (``permutation="random"``) with a
+            generator of its own, so the stack's buffers are a function of the arguments only,
+            never of the global torch RNG.
+        **opts: passed to every layer (e.g. ``hidden=(64,)``, ``kind="orthogonal"`` for Sylvester);
+            ``permutation="reverse"|"random"`` (IAF only) sets the order changes between IAF layers.
+            ``kind="planar"`` (naming a family, with no ``family`` given) is the deprecated former
+            name of ``family`` and gives a ``FutureWarning``.
 
     The permutations a family needs are added here: IAF layers are separated by :class:`Permute`
-    (reversal by default), coupling layers alternate their masks, and amortized Householder layers
-    after the first are chained (``v_t = Linear(v_{t-1})``).
+    (reversal by default), coupling layers alternate their masks, Sylvester layers alternate
+    ``reverse`` (used by ``kind="triangular"``), and amortized Householder layers after the first
+    are chained (``v_t = Linear(v_{t-1})``).
 
     Example:
         >>> stack = flow("iaf", 4, num_flows=2)
         >>> [type(layer).__name__ for layer in stack]
         ['IAF', 'Permute', 'IAF']
+        >>> [layer.kind for layer in flow("sylvester", 3, 2, kind="triangular")]
+        ['triangular', 'triangular']
     """
-    dim = check_dim("dim", dim)
-    num_flows = check_dim("num_flows", num_flows, minimum=0)
-    if kind == "none":
+    kind = opts.get("kind")
+    if family is None and isinstance(kind, str) and (kind in FAMILIES or kind == "none"):
+        warnings.warn(
+            f"flow(kind={kind!r}, ...) is deprecated: the family is flow's first argument, "
+            f"flow({kind!r}, dim, num_flows) or flow(family={kind!r}, ...)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        family = opts.pop("kind")
+    if family is None:
+        raise TypeError("flow() needs the flow family as its first argument, e.g. flow('planar', dim, num_flows)")
+    check_choice("family", family, sorted(FAMILIES) + ["none"])
+    dim = check_int("dim", dim)
+    num_flows = check_int("num_flows", num_flows, minimum=0)
+    seed = check_int("seed", seed, minimum=0)
+    permutation = opts.pop("permutation", None)
+    if permutation is not None and family != "iaf":
+        raise ValueError(f"permutation is only used by family='iaf' (the order between IAF layers), not {family!r}")
+    permutation = check_choice("permutation", "reverse" if permutation is None else permutation, PERMUTATIONS)
+    if family == "none":
         return FlowStack([], dim=dim)
-    if kind not in FAMILIES:
-        raise ValueError(f"unknown flow kind {kind!r}; expected one of {sorted(FAMILIES) + ['none']}")
-    permutation = opts.pop("permutation", "reverse")
+    generator = torch.Generator().manual_seed(seed)
     layers = []
     for i in range(num_flows):
-        if kind == "iaf":
+        if family == "iaf":
             if i > 0:
-                layers.append(Permute(_permutation(permutation, dim)))
+                if permutation == "reverse":
+                    layers.append(Permute(torch.arange(dim - 1, -1, -1)))
+                else:
+                    layers.append(Permute(torch.randperm(dim, generator=generator)))
             layers.append(IAF(dim, context_dim=context_dim, **opts))
-        elif kind == "coupling":
+        elif family == "coupling":
             layers.append(AffineCoupling(dim, context_dim=context_dim, parity=i % 2, **opts))
-        elif kind == "sylvester":
+        elif family == "sylvester":
             layers.append(Sylvester(dim, context_dim=context_dim, reverse=bool(i % 2), **opts))
-        elif kind == "householder" and context_dim and i > 0:
+        elif family == "householder" and context_dim and i > 0:
             layers.append(Householder(dim, context_dim=dim, chained=True))
         else:
-            layers.append(FAMILIES[kind](dim, context_dim=context_dim, **opts))
+            layers.append(FAMILIES[family](dim, context_dim=context_dim, **opts))
     return FlowStack(layers, dim=dim)
-
-
-def _permutation(kind, dim):
-    if kind == "reverse":
-        return torch.arange(dim - 1, -1, -1)
-    if kind == "random":
-        return torch.randperm(dim)
-    raise ValueError(f"permutation must be 'reverse' or 'random', got {kind!r}")

@@ -12,8 +12,10 @@ import warnings
 
 import torch
 
-from .base import FlowModule, check_dim
-from .planar import _solve_monotone, planar_log_det, planar_uhat
+from ..validation import check_choice, check_int
+from .base import FlowModule
+from .monotone import solve_monotone
+from .planar import planar_log_det, planar_uhat
 
 __all__ = ["Sylvester", "orthonormalize", "householder_product", "SYLVESTER_KINDS"]
 
@@ -150,8 +152,9 @@ class Sylvester(FlowModule):
         hidden (tuple): hidden sizes of the hypernetwork (amortized only).
         reverse (bool): ``"triangular"`` only: use the reversal permutation as ``Q``.
         cache_size (int): 0 or 1.
-        sylvester_kind (str or None): alias of ``kind`` (the name :func:`~pyro_nfvi.transforms.flow`
-            forwards, since ``kind`` there names the family).
+        sylvester_kind (str or None): deprecated alias of ``kind`` (``FutureWarning``); it was the
+            name :func:`~pyro_nfvi.transforms.flow` forwarded before that factory's first argument
+            was renamed ``family``.
 
     Example:
         >>> layer = Sylvester(3, kind="householder")
@@ -178,14 +181,18 @@ class Sylvester(FlowModule):
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
         if sylvester_kind is not None:
+            warnings.warn(
+                "Sylvester(sylvester_kind=...) is deprecated: pass kind=... (flow('sylvester', ..., "
+                "kind=...) now forwards it too)",
+                FutureWarning,
+                stacklevel=2,
+            )
             if kind not in ("orthogonal", sylvester_kind):
                 raise ValueError(f"kind={kind!r} and sylvester_kind={sylvester_kind!r} disagree")
             kind = sylvester_kind
-        if kind not in SYLVESTER_KINDS:
-            raise ValueError(f"kind must be one of {SYLVESTER_KINDS}, got {kind!r}")
-        self.kind = kind
+        self.kind = check_choice("kind", kind, SYLVESTER_KINDS)
         if kind == "orthogonal":
-            m = self.dim if num_ortho is None else check_dim("num_ortho", num_ortho)
+            m = self.dim if num_ortho is None else check_int("num_ortho", num_ortho)
             if m > self.dim:
                 raise ValueError(f"num_ortho must be <= dim={self.dim}, got {num_ortho}")
         elif num_ortho is not None and num_ortho != self.dim:
@@ -193,7 +200,7 @@ class Sylvester(FlowModule):
         else:
             m = self.dim
         if kind == "householder":
-            k = self.dim if num_householder is None else check_dim("num_householder", num_householder)
+            k = self.dim if num_householder is None else check_int("num_householder", num_householder)
             self.num_householder = k
         elif num_householder is not None:
             raise ValueError(f"num_householder is only used by kind='householder', not kind={kind!r}")
@@ -290,7 +297,7 @@ class Sylvester(FlowModule):
             th = torch.zeros_like(cd)
             for i in range(m - 1, -1, -1):  # back substitution: row i involves v_i and v_j, j > i
                 rhs = cd[..., i] - (td[..., i, i + 1 :] * th[..., i + 1 :]).sum(-1)
-                vi = _solve_monotone(rhs, td[..., i, i].expand(rhs.shape), 0.0)
+                vi = solve_monotone(rhs, td[..., i, i].expand(rhs.shape), 0.0)
                 v[..., i] = vi
                 th[..., i] = torch.tanh(vi)
         # one Newton step with gradients attached: exact value, implicit-function gradient

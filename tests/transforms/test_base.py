@@ -1,4 +1,4 @@
-"""Tests of the base classes: caching in FlowTransform, parameters of FlowModule, Hypernet, check_dim."""
+"""Tests of the base classes: caching in FlowTransform, parameters of FlowModule, Hypernet, ConditionedFlow."""
 import copy
 import math
 import pickle
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pyro_nfvi.transforms.base import ConditionedFlow, FlowModule, FlowTransform, Hypernet, check_dim
+from pyro_nfvi.transforms.base import ConditionedFlow, FlowModule, FlowTransform, Hypernet
 
 
 class Toy(FlowModule):
@@ -40,12 +40,13 @@ class NoInverse(FlowTransform):
         return 2 * x, x.new_full(x.shape[:-1], self.dim * 0.6931471805599453)
 
 
-def test_check_dim():
-    assert check_dim("dim", 3) == 3
-    assert check_dim("context_dim", 0, minimum=0) == 0
+def test_dim_checks_use_the_shared_wording():
+    # base.check_dim was replaced by pyro_nfvi.validation.check_int; the message is unchanged
     for bad in (0, -2, 2.0, True, "3", None):
         with pytest.raises(ValueError, match="dim must be an integer >= 1"):
-            check_dim("dim", bad)
+            Toy(bad)
+    with pytest.raises(ValueError, match="context_dim must be an integer >= 0"):
+        Toy(2, context_dim=-1)
 
 
 def test_constructor_arguments_are_validated():
@@ -174,7 +175,7 @@ def test_owned_and_amortized_parameters():
         amortized.condition(torch.randn(4, 2))
     t = amortized.condition(torch.randn(4, 3))
     assert isinstance(t, ConditionedFlow) and "Toy" in repr(t)
-    assert t.params["s"].shape == (4, 2)
+    assert t.bound["s"].shape == (4, 2) and t.raw["s"].shape == (4, 2)
     assert_close(t(x), x * math.exp(0.5) + torch.arange(2.0))  # the init values for every context
 
 
@@ -232,3 +233,14 @@ def test_modules_are_hashable_and_work_in_pyro():
     assert t.calls == {"forward": 1, "inverse": 0}
     q.log_prob(z.clone())
     assert t.calls == {"forward": 1, "inverse": 1}
+
+
+def test_conditioned_flow_names_its_bound_parameters_bound():
+    # ConditionedFlow.params was a dict while FlowModule.params(...) is a method; now .raw / .bound
+    module = Toy(2, context_dim=3)
+    t = module.condition(torch.randn(4, 3))
+    assert not hasattr(t, "params")
+    assert t.raw.keys() == {"s", "t"} and t.bound.keys() == {"s", "t"}
+    assert_close(t.bound["s"], module.params(torch.zeros(4, 3))["s"])
+    assert t.param_batch_shape == (4,)
+    assert ConditionedFlow(module, t.raw).param_batch_shape == (4,)

@@ -1,18 +1,17 @@
 """Tests of the fused planar stack (pyro_nfvi/transforms/fused.py) and its dispatch from FlowStack."""
+import importlib
+import inspect
 import math
+import pkgutil
 
 import pytest
 import torch
 
+import pyro_nfvi.transforms
 from pyro_nfvi.transforms import Planar, Radial, flow
-from pyro_nfvi.transforms.fused import (
-    forward_layers,
-    fused_planar,
-    fused_planar_enabled,
-    planar_run_params,
-    use_fused_planar,
-)
+from pyro_nfvi.transforms.fused import fused_planar, fused_planar_enabled, planar_run_params, use_fused_planar
 from pyro_nfvi.transforms.planar import planar_log_det, planar_uhat
+from pyro_nfvi.transforms.runs import PlanarRun, forward_layers, plan_layers, split_runs
 from pyro_nfvi.transforms.stack import FlowStack
 
 TOL = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-9, atol=1e-11)}
@@ -243,11 +242,15 @@ def test_planar_run_params_owned_and_bound():
     u, w, b, wu = planar_run_params(owned)
     assert u.shape == (2, D) and b.shape == (2,) and wu.shape == (2,)
     torch.testing.assert_close(u[1], owned[1].params()["u"])
-    bound = Planar(D, context_dim=C).condition(torch.randn(5, C))
-    u, w, b, wu = planar_run_params([owned[0], bound])
+    amortized = Planar(D, context_dim=C)
+    raw = amortized.raw_params(torch.randn(5, C))
+    u, w, b, wu = planar_run_params([owned[0], amortized], [None, raw])
     assert u.shape == (2, 5, D) and wu.shape == (2, 5)
+    torch.testing.assert_close(u[1], amortized.constrain(raw)["u"])
     with pytest.raises(TypeError, match="planar_run_params"):
         planar_run_params([Radial(D)])
+    with pytest.raises(ValueError, match="layer 1 is amortized"):
+        planar_run_params([owned[0], amortized])
 
 
 def test_forward_layers_empty_and_errors():
@@ -279,3 +282,147 @@ def test_log_det_is_log_of_jacobian_determinant():
     sign, logdet = torch.linalg.slogdet(jac)
     assert sign > 0
     assert math.isclose(ld.item(), logdet.item(), rel_tol=1e-9, abs_tol=1e-10)
+
+
+# -- higher derivatives, torch.func and torch.compile ---------------------------------------------------
+def _per_layer_forward(stack, x):
+    """The reference: every planar layer's own maths, one after the other (no run, no fused node)."""
+    total = 0.0
+    for layer in stack:
+        x, ld = layer.forward_and_log_det(x)
+        total = total + ld
+    return x, total
+
+
+def _log_density(forward, z):
+    """``log N(z) - log|det J|``: the log-density of ``q`` at ``f(z)``, as a Laplace warm start uses it."""
+    y, ld = forward(z)
+    return -0.5 * (z * z).sum(-1) - ld + 0.1 * (y * y).sum(-1)
+
+
+def _random_planar_stack(K=4, D=3, seed=10):
+    torch.manual_seed(seed)
+    stack = flow("planar", D, K).double()
+    _randomize(stack, 0.7)
+    return stack
+
+
+def test_hessian_through_the_fused_node_matches_per_layer():
+    # the node was once_differentiable: create_graph=True raised or gave wrong second derivatives
+    stack = _random_planar_stack()
+    z = torch.randn(3, dtype=torch.float64)
+    y, _ = stack.forward_and_log_det(z.requires_grad_())
+    assert _graph_has(y, "FusedPlanar")  # the fused node is on the path being differentiated twice
+    hess = torch.autograd.functional.hessian(lambda v: _log_density(stack.forward_and_log_det, v), z)
+    ref = torch.autograd.functional.hessian(lambda v: _log_density(lambda u: _per_layer_forward(stack, u), v), z)
+    torch.testing.assert_close(hess, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_double_backward_reaches_the_parameters():
+    stack = _random_planar_stack()
+    params = list(stack.parameters())
+
+    def second(forward):
+        z = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        (g,) = torch.autograd.grad(_log_density(forward, z).sum(), z, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), params)
+
+    for a, b in zip(second(stack.forward_and_log_det), second(lambda u: _per_layer_forward(stack, u))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("x_shape, p_batch", [((4, 3), ()), ((2, 4, 3), (4,))])
+def test_gradgradcheck(x_shape, p_batch):
+    torch.manual_seed(11)
+    K, D = 2, x_shape[-1]
+    opts = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(x_shape, **opts)
+    u, w = torch.randn((K,) + p_batch + (D,), **opts), torch.randn((K,) + p_batch + (D,), **opts)
+    b, wu = torch.randn((K,) + p_batch, **opts), torch.randn((K,) + p_batch, **opts)
+    assert torch.autograd.gradgradcheck(fused_planar, (x, u, w, b, wu))
+
+
+def test_torch_func_transforms_match_per_layer():
+    # the fused node has no functorch rules: torch.func.grad / vmap / jacrev used to raise
+    stack = _random_planar_stack()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    fused = lambda v: stack.forward_and_log_det(v)  # noqa: E731
+    ref = lambda v: _per_layer_forward(stack, v)  # noqa: E731
+    jac = torch.func.jacrev(lambda v: fused(v)[0])(x[0])
+    torch.testing.assert_close(jac, torch.func.jacrev(lambda v: ref(v)[0])(x[0]), rtol=1e-10, atol=1e-12)
+    vm = torch.func.vmap(lambda v: fused(v)[1])(x)
+    torch.testing.assert_close(vm, ref(x)[1], rtol=1e-10, atol=1e-12)
+    g = torch.func.grad(lambda v: fused(v)[1].sum())(x)
+    torch.testing.assert_close(g, torch.func.grad(lambda v: ref(v)[1].sum())(x), rtol=1e-10, atol=1e-12)
+    per_point = torch.func.vmap(torch.func.jacrev(lambda v: fused(v)[0]))(x)
+    assert per_point.shape == (6, 3, 3)
+    # gradients w.r.t. the parameters through functional_call (parameters swapped for wrapped tensors)
+    params = {k: v.detach() for k, v in stack.named_parameters()}
+    grads = torch.func.grad(lambda p: torch.func.functional_call(stack, p, (x,)).square().sum())(params)
+    stack.zero_grad()
+    stack.forward_and_log_det(x)[0].square().sum().backward()
+    for name, p in stack.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_compile_matches_eager():
+    torch._dynamo.reset()
+    stack = _random_planar_stack()
+    amortized = flow("planar", 3, 4, context_dim=2).double()
+    _randomize(amortized, 0.5)
+    ctx = torch.randn(5, 2, dtype=torch.float64)
+
+    def f(v):
+        y, ld = stack.forward_and_log_det(v)
+        y2, ld2 = amortized.condition(ctx).forward_and_log_det(y)
+        return y2, ld + ld2
+
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y, ld = torch.compile(f, backend="eager")(x)  # eager backend: dynamo tracing only, no codegen
+    y0, ld0 = f(x)
+    torch.testing.assert_close(y, y0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ld, ld0, rtol=1e-10, atol=1e-12)
+    (g,) = torch.autograd.grad(ld.sum() + y.square().sum(), x)
+    (g0,) = torch.autograd.grad(ld0.sum() + y0.square().sum(), x)
+    torch.testing.assert_close(g, g0, rtol=1e-10, atol=1e-12)
+    torch._dynamo.reset()
+
+
+# -- one dispatch point -----------------------------------------------------------------------------------
+def test_plan_layers_is_the_one_dispatch_point():
+    D, C = 3, 4
+    assert split_runs([True, True, False, True]) == [(0, 2, True), (2, 3, False), (3, 4, False)]
+    # owned and amortized planar layers bound in one stack form ONE run (constrained once, one node);
+    # the old FlowStack.bind only grouped amortized layers and left the rest to a second scan
+    stack = FlowStack([Planar(D), Planar(D, context_dim=C), Planar(D), Radial(D, context_dim=C), Planar(D)]).double()
+    _randomize(stack, 0.5)
+    ctx = torch.randn(6, C, dtype=torch.float64)
+    bound = stack.condition(ctx)
+    assert [type(t).__name__ for t in bound.layers] == ["PlanarRun", "ConditionedFlow", "Planar"]
+    assert len(bound.layers[0].layers) == 3
+    x = torch.randn(2, 6, D, dtype=torch.float64, requires_grad=True)
+    y, ld = bound.forward_and_log_det(x)
+    assert _graph_has(y, "FusedPlanar")
+    y0, ld0 = x, 0.0
+    for layer, raw in zip(stack, stack.raw_params(ctx)):
+        y0, l = (layer if raw is None else layer.bind(raw)).forward_and_log_det(y0)
+        ld0 = ld0 + l
+    torch.testing.assert_close(y, y0, **TOL[torch.float64])
+    torch.testing.assert_close(ld, ld0, **TOL[torch.float64])
+    # already-bound planar layers in a plain list join a run too
+    steps = plan_layers([Planar(D), Planar(D, context_dim=C).condition(ctx.float())])
+    assert len(steps) == 1 and isinstance(steps[0], PlanarRun)
+
+
+def test_docstring_maths_renders():
+    # "\tanh" and "\frac" in fused.py's non-raw module docstring were a tab and a form feed
+    doc = importlib.import_module("pyro_nfvi.transforms.fused").__doc__
+    assert r"\tanh" in doc and r"\frac" in doc
+    for info in pkgutil.iter_modules(pyro_nfvi.transforms.__path__):
+        module = importlib.import_module(f"pyro_nfvi.transforms.{info.name}")
+        members = [obj for _, obj in inspect.getmembers(module)]
+        objects = [module] + [obj for obj in members if getattr(obj, "__module__", None) == module.__name__]
+        for obj in objects:
+            doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else ""
+            bad = sorted({c for c in doc if ord(c) < 32 and c != "\n"})
+            assert not bad, f"{module.__name__}.{getattr(obj, '__name__', '')}: control characters {bad} in docstring"

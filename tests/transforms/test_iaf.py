@@ -97,16 +97,13 @@ def test_float64_module_under_float32_default(context_dim, stable):
 
 
 @pytest.mark.parametrize("context_dim", [0, 2])
-def test_state_dict_round_trip_into_fresh_module_with_other_permutation(context_dim):
+def test_state_dict_round_trip_into_fresh_module(context_dim):
     dim = 6
     source = make(dim, context_dim, stable=False, seed=3)
-    seed = 4
-    while True:  # a fresh module whose own random permutation (and hence masks) differ
-        torch.manual_seed(seed)
-        fresh = IAF(dim, context_dim=context_dim).double()
-        if not torch.equal(fresh.permutation, source.permutation):
-            break
-        seed += 1
+    torch.manual_seed(4)  # other initial weights; the buffers (order, masks) depend on no RNG
+    fresh = IAF(dim, context_dim=context_dim).double()
+    assert torch.equal(fresh.permutation, torch.arange(dim))
+    assert not all(torch.equal(p, q) for p, q in zip(fresh.parameters(), source.parameters()))
     state = source.state_dict()
     assert "arn.permutation" in state and "arn.layers.0.mask" in state
     fresh.load_state_dict(state)

@@ -180,7 +180,7 @@ def test_amortized_planar_with_extreme_hypernet_outputs():
         flow.hypernet.head.weight.normal_(0.0, 1e3)
     ctx = torch.randn(10, 2, dtype=torch.float64)
     t = flow.condition(ctx)
-    p = t.params
+    p = t.bound
     rounding = 1e-12 * (1 + p["u"].norm(dim=-1) * p["w"].norm(dim=-1))
     assert ((p["u"] * p["w"]).sum(-1) >= -1 - rounding).all()
     x = torch.randn(10, 3, dtype=torch.float64)

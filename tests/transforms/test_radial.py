@@ -90,11 +90,11 @@ def test_log_det_matches_jacobian_at_random_params(dim, amortized):
     if amortized:
         module = _randomize(Radial(dim, context_dim=4, hidden=(5,)).double(), 0.7)
         flow = module.condition(torch.randn(n, 4, dtype=torch.float64))
-        z0 = flow.params["z0"]
+        z0 = flow.bound["z0"]
     else:
         module = _randomize(Radial(dim).double(), 1.5)
         flow, z0 = module, module.z0.detach()
-    p = flow.params if amortized else module.params()
+    p = flow.bound if amortized else module.params()
     assert not torch.allclose(p["beta"], torch.zeros_like(p["beta"]))  # not the identity
     x = _points(z0.detach(), n, dim, torch.float64)
     y, ld = flow.forward_and_log_det(x)
@@ -229,7 +229,7 @@ def test_amortized_params_broadcast_over_particles():
     module = _randomize(Radial(3, context_dim=2).double(), 0.8)
     context = torch.randn(4, 2, dtype=torch.float64)
     conditioned = module.condition(context)
-    assert conditioned.params["z0"].shape == (4, 3) and conditioned.params["alpha"].shape == (4,)
+    assert conditioned.bound["z0"].shape == (4, 3) and conditioned.bound["alpha"].shape == (4,)
     x = torch.randn(6, 4, 3, dtype=torch.float64)
     y, ld = conditioned.forward_and_log_det(x)
     assert y.shape == (6, 4, 3) and ld.shape == (6, 4)

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from pyro_nfvi.transforms import PlanarRun, flow
-from pyro_nfvi.transforms.stack import _BoundStack
+from pyro_nfvi.transforms import BoundStack, PlanarRun, flow
 
 
 def _randomize(module):
@@ -14,7 +13,7 @@ def _randomize(module):
 
 def _per_layer(stack, context):
     raws = [layer.raw_params(context) for layer in stack]
-    return _BoundStack([layer.bind(raw) for layer, raw in zip(stack, raws)], stack.dim), raws
+    return BoundStack([layer.bind(raw) for layer, raw in zip(stack, raws)], stack.dim), raws
 
 
 @pytest.mark.parametrize("kind", ["planar", "radial", "sylvester"])

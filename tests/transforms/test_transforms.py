@@ -47,7 +47,7 @@ FACTORIES = [
     ("stack-householder", lambda d, c: flow("householder", d, 3, context_dim=c)),
     ("stack-iaf", lambda d, c: flow("iaf", d, 2, context_dim=c, permutation="random")),
     ("stack-sylvester", lambda d, c: flow("sylvester", d, 2, context_dim=c)),
-    ("stack-sylvester-householder", lambda d, c: flow("sylvester", d, 2, context_dim=c, sylvester_kind="householder")),
+    ("stack-sylvester-householder", lambda d, c: flow("sylvester", d, 2, context_dim=c, kind="householder")),
     ("stack-coupling", lambda d, c: flow("coupling", d, 3, context_dim=c, hidden=(16,))),
     ("stack-none", lambda d, c: flow("none", d, 0, context_dim=c)),
 ]
@@ -545,7 +545,7 @@ def test_flow_builds_every_kind(kind, context_dim):
 
 
 def test_flow_passes_options_to_every_layer():
-    stack = flow("sylvester", 4, num_flows=2, sylvester_kind="triangular")
+    stack = flow("sylvester", 4, num_flows=2, kind="triangular")
     assert [layer.kind for layer in stack] == ["triangular", "triangular"]
     stack = flow("coupling", 4, num_flows=3, form="additive", hidden=(8,))
     assert [layer.parity for layer in stack] == [0, 1, 0]
