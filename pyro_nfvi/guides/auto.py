@@ -135,7 +135,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         if not init.dtype.is_floating_point:
             init = init.to(torch.get_default_dtype())
         stack = build_flow(self._flow_family, self.latent_dim, self._num_flows, **self._flow_opts)
-        self.flow_stack = stack.to(dtype=init.dtype, device=init.device)
+        # one tensor for the tensor-parameter layers: one param message and one optimizer for the flow
+        self.flow_stack = stack.pack_parameters().to(dtype=init.dtype, device=init.device)
         loc = init.clone()
         if len(stack):
             # layers that are not the identity at initialisation (Householder reflections, IAF

@@ -274,6 +274,11 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
     def raw_params(self, context=None):
         if self._check_context(context):
             return self.hypernet(context)
+        if self.__dict__.get("packed_in_stack"):
+            raise RuntimeError(
+                f"this {type(self).__name__} layer's parameters are packed in its FlowStack "
+                "(FlowStack.pack_parameters); apply the stack, not the layer"
+            )
         return {name: getattr(self, name) for name in self.param_shapes()}
 
     def params(self, context=None):
