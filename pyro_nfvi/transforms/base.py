@@ -308,6 +308,8 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
                     f"{type(self).__name__}.bind: raw[{name!r}] must have shape (..., *{shape}), got {got}"
                 )
             batches.append(value.shape[: value.dim() - n])
+        if all(b == batches[0] for b in batches):
+            return torch.Size(batches[0])  # the common case, without torch.broadcast_shapes' cost
         try:
             return torch.broadcast_shapes(*batches)
         except RuntimeError:

@@ -107,7 +107,8 @@ class PlanarRun(FlowTransform):
         layers, raws = self.layers, self.raws
         batches = [layer.raw_batch_shape(raw) for layer, raw in zip(layers, raws) if raw is not None]
         if batches:
-            self.param_batch_shape = torch.broadcast_shapes(*batches)
+            same = all(b == batches[0] for b in batches)
+            self.param_batch_shape = batches[0] if same else torch.broadcast_shapes(*batches)
 
     def _stamp(self):
         return tuple(layer._stamp() for layer, raw in zip(self.layers, self.raws) if raw is None)
