@@ -13,9 +13,6 @@ Usage::
     python benchmarks/construction.py --dims 10 100 --out /tmp/c
 """
 import argparse
-import datetime
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal
 
 from pyro_nfvi import AutoFlowGuide
+from report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["planar", "radial", "householder", "iaf", "sylvester", "coupling", "none"]
@@ -68,28 +66,12 @@ def main(args):
             rows.append(row)
             print(f"D={dim:5d} {family:20s} construct {row['construct_s']:8.3f} s   first step {row['first_step_s']:8.3f} s",
                   flush=True)
-    report = {
-        "command": "python benchmarks/construction.py " + " ".join(f"--dims {' '.join(map(str, args.dims))}".split()),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "construction.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        "# Guide construction time",
-        "",
-        f"Command: `{report['command']}`; machine: {report['machine']}; date: {report['date']}.",
-        "",
-        "Seconds to build the guide (ours: `model_args` given, so construction sets it up; Pyro's: "
-        "construction plus the first call) and to take the first `SVI.step`; 2 flow layers each.",
-        "",
-        "| D | guide | construct (s) | first step (s) |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {r['dim']} | {r['guide']} | {r['construct_s']:.3f} | {r['first_step_s']:.3f} |" for r in rows]
-    (out / "construction.md").write_text("\n".join(lines) + "\n")
+    command = "python benchmarks/construction.py --dims " + " ".join(map(str, args.dims))
+    table = ["| D | guide | construct (s) | first step (s) |", "|---|---|---|---|"]
+    table += [f"| {r['dim']} | {r['guide']} | {r['construct_s']:.3f} | {r['first_step_s']:.3f} |" for r in rows]
+    intro = ("Seconds to build the guide (ours: `model_args` given, so construction sets it up; Pyro's: "
+             "construction plus the first call) and to take the first `SVI.step`; 2 flow layers each.")
+    report = write_report(args.out, "construction", command, rows, "Guide construction time", intro, table)
     return report
 
 

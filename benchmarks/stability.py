@@ -14,20 +14,17 @@ Usage::
     python benchmarks/stability.py --seeds 1 --steps 300 --out /tmp/s   # a smoke run
 """
 import argparse
-import datetime
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import pyro
-import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
 
 from pyro_nfvi import AutoFlowGuide
 from pyro_nfvi.targets.bayes import eight_schools
+from report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["planar", "radial", "householder", "iaf", "sylvester", "coupling", "none"]
@@ -67,7 +64,8 @@ def run(name, lr, seed, steps, threshold):
 
 
 def main(args):
-    guides = FAMILIES + (["iaf (affine)", "coupling (affine)"] if args.affine else []) + ["AutoNormal", "AutoIAFNormal"]
+    guides = args.guides or (FAMILIES + (["iaf (affine)", "coupling (affine)"] if args.affine else [])
+                             + ["AutoNormal", "AutoIAFNormal"])
     rows = []
     for name in guides:
         for lr in args.lrs:
@@ -78,26 +76,9 @@ def main(args):
                       f"final={row['final_loss_mean']:.2f} ({row['seconds']:.0f} s)", flush=True)
     command = (f"python benchmarks/stability.py --seeds {args.seeds} --steps {args.steps} --lrs "
                + " ".join(map(str, args.lrs)) + (" --affine" if args.affine else ""))
-    report = {
-        "command": command,
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, pyro {pyro.__version__}",
-        "date": datetime.date.today().isoformat(),
-        "rows": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stability.json").write_text(json.dumps(report, indent=2))
-    lines = [
-        "# Divergences on eight schools (non-centered)",
-        "",
-        f"Command: `{command}`; machine: {report['machine']}; date: {report['date']}.",
-        "",
-        f"Diverged runs out of {args.seeds} seeds (a loss non-finite or above {args.threshold} after step 100), "
-        "and the mean loss over the last 200 steps (median over seeds).",
-        "",
-        "| guide | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |",
-        "|---|" + "---|" * len(args.lrs),
-    ]
+    intro = (f"Diverged runs out of {args.seeds} seeds (a loss non-finite or above {args.threshold} after step "
+             "100), and the mean loss over the last 200 steps (median over seeds).")
+    table = ["| guide | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |", "|---|" + "---|" * len(args.lrs)]
     for name in guides:
         cells = []
         for lr in args.lrs:
@@ -105,9 +86,8 @@ def main(args):
             finals = sorted(r["final_loss_mean"] for r in sel)
             median = finals[len(finals) // 2]
             cells.append(f"{sum(r['diverged_at'] is not None for r in sel)}/{len(sel)} ({median:.1f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (out / "stability.md").write_text("\n".join(lines) + "\n")
-    return report
+        table.append(f"| {name} | " + " | ".join(cells) + " |")
+    return write_report(args.out, "stability", command, rows, "Divergences on eight schools (non-centered)", intro, table)
 
 
 def parse_args(argv=None):
@@ -117,6 +97,7 @@ def parse_args(argv=None):
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 1e-2], help="learning rates")
     parser.add_argument("--threshold", type=float, default=100.0, help="a loss above this after step 100 is a divergence")
     parser.add_argument("--affine", action="store_true", help="add the affine (non-gated) IAF and coupling rows")
+    parser.add_argument("--guides", nargs="+", help="only these rows (e.g. planar 'iaf (affine)' AutoNormal)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return parser.parse_args(argv)
 

@@ -1,0 +1,37 @@
+"""Smoke runs of the benchmark scripts (tiny settings): they run and write their JSON and markdown."""
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def script(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name):
+        return runpy.run_path(str(BENCHMARKS / f"{name}.py"), run_name=f"bench_{name}")
+
+    return load
+
+
+def test_construction_script(script, tmp_path):
+    mod = script("construction")
+    report = mod["main"](mod["parse_args"](["--dims", "5", "--families", "planar", "iaf", "--out", str(tmp_path)]))
+    guides = [r["guide"] for r in report["rows"]]
+    assert guides == ["planar", "iaf", "pyro AutoIAFNormal"]
+    assert json.loads((tmp_path / "construction.json").read_text())["command"].startswith("python benchmarks/")
+    assert "| 5 | iaf |" in (tmp_path / "construction.md").read_text()
+
+
+def test_stability_script(script, tmp_path):
+    mod = script("stability")
+    args = mod["parse_args"](["--seeds", "1", "--steps", "105", "--lrs", "0.01", "--guides", "planar",
+                              "AutoNormal", "--out", str(tmp_path)])
+    report = mod["main"](args)
+    assert [r["guide"] for r in report["rows"]] == ["planar", "AutoNormal"]
+    assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
+    assert "| planar | 0/1" in (tmp_path / "stability.md").read_text()
