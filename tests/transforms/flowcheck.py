@@ -5,11 +5,26 @@ import torch
 F64 = torch.float64
 
 
-def perturb(module, scale):
-    """Add ``scale * N(0, 1)`` noise to every parameter: moves the flow away from its identity init."""
+def perturb(module, scale, fan_in=False):
+    """Add ``scale * N(0, 1)`` noise to every parameter, in place: moves the flow away from its init.
+
+    With ``fan_in`` the noise of a matrix is divided by ``sqrt(fan_in)``; this includes hypernetwork
+    weights, so amortized parameters then vary with the context.
+    """
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(torch.randn_like(p) * scale)
+            noise = torch.randn_like(p)
+            if fan_in and p.dim() >= 2:
+                noise = noise / p.shape[-1] ** 0.5
+            p.add_(noise * scale)
+    return module
+
+
+def randomize(module, scale=1.0):
+    """Replace every parameter by ``scale * N(0, 1)`` draws, in place."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn_like(p))
     return module
 
 

@@ -13,14 +13,9 @@ from pyro_nfvi.transforms.fused import fused_planar, fused_planar_enabled, plana
 from pyro_nfvi.transforms.planar import planar_log_det, planar_uhat
 from pyro_nfvi.transforms.runs import PlanarRun, forward_layers, plan_layers, split_runs
 from pyro_nfvi.transforms.stack import FlowStack
+from flowcheck import randomize as _randomize
 
 TOL = {torch.float32: dict(rtol=2e-4, atol=2e-5), torch.float64: dict(rtol=1e-9, atol=1e-11)}
-
-
-def _randomize(module, scale=1.0):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(scale * torch.randn_like(p))
 
 
 def _value_and_grads(fn, inputs, fused):

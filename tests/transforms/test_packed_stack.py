@@ -4,16 +4,14 @@ import torch
 
 from pyro_nfvi.transforms import flow
 
+from flowcheck import perturb
+
 FAMILIES = ["planar", "radial", "householder", "sylvester", "iaf", "coupling"]
 
 
 def _random_stack(family, dim=4, num_flows=3):
     torch.manual_seed(0)
-    stack = flow(family, dim, num_flows).double()
-    with torch.no_grad():
-        for p in stack.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return stack
+    return perturb(flow(family, dim, num_flows).double(), 0.3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

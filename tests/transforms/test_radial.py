@@ -9,6 +9,7 @@ from torch.autograd.functional import jacobian
 
 from pyro_nfvi.transforms.planar import log_softplus
 from pyro_nfvi.transforms.radial import Radial, radial_alpha, radial_beta, radial_log_det
+from flowcheck import randomize as _randomize
 
 EXTREME = [-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4]
 EXTREME_PAIRS = list(itertools.product([-1e4, -20.0, 0.0, 20.0, 1e4], repeat=2))
@@ -22,13 +23,6 @@ def _set(module, z0=None, alpha_raw=None, beta_raw=None):
             module.alpha_raw.fill_(alpha_raw)
         if beta_raw is not None:
             module.beta_raw.fill_(beta_raw)
-    return module
-
-
-def _randomize(module, scale=1.0):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(scale * torch.randn_like(p))
     return module
 
 

@@ -4,11 +4,7 @@ import torch
 
 from pyro_nfvi.transforms import BoundStack, PlanarRun, flow
 
-
-def _randomize(module):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+from flowcheck import perturb
 
 
 def _per_layer(stack, context):
@@ -20,7 +16,7 @@ def _per_layer(stack, context):
 def test_concatenated_linear_heads_equal_per_layer_hypernets(kind):
     torch.manual_seed(0)
     stack = flow(kind, 3, num_flows=4, context_dim=5).double()
-    _randomize(stack)
+    perturb(stack, 0.3)
     context = torch.randn(6, 5, dtype=torch.float64)
     _, expected = _per_layer(stack, context)
     got = stack.raw_params(context)
@@ -34,7 +30,7 @@ def test_concatenated_linear_heads_equal_per_layer_hypernets(kind):
 def test_planar_run_matches_layer_by_layer(particles):
     torch.manual_seed(1)
     stack = flow("planar", 3, num_flows=5, context_dim=4).double()
-    _randomize(stack)
+    perturb(stack, 0.3)
     context = torch.randn(6, 4, dtype=torch.float64)
     x = torch.randn(particles + (6, 3), dtype=torch.float64)
     bound = stack.condition(context)

@@ -2,7 +2,7 @@
 
 Each case is built by a factory ``(dim, context_dim) -> module`` from :data:`FACTORIES`, owned
 (``context_dim=0``) and amortized (``context_dim=CTX``, used through ``.condition(context)``).
-Maths is checked at *random, non-initial* parameters (:func:`randomize_`): hypernetwork heads are
+Maths is checked at *random, non-initial* parameters (``flowcheck.perturb``): hypernetwork heads are
 zero-initialised, so without it every amortized flow would be the same map for every context.
 """
 import copy
@@ -13,6 +13,8 @@ import pytest
 import torch
 from pyro.distributions.conditional import ConditionalTransformedDistribution
 from torch.testing import assert_close
+
+from flowcheck import perturb
 
 from pyro_nfvi.transforms import (
     FAMILIES,
@@ -54,7 +56,6 @@ FACTORIES = [
 NAMES = [name for name, _ in FACTORIES]
 _MAKERS = dict(FACTORIES)
 #: Smallest event size of a case where it is above 1 (none at present: dim=1 coupling is elementwise).
-MIN_DIM = {}
 #: Cases without an amortized variant (the identity has no parameters).
 OWNED_ONLY = {"stack-none"}
 #: Families whose map is invertible for *any* raw parameters (checked at extreme values).
@@ -69,8 +70,6 @@ def cases(dims, names=NAMES, amortized=(False, True)):
     out = []
     for name in names:
         for dim in dims:
-            if dim < MIN_DIM.get(name, 1):
-                continue
             for am in amortized:
                 if am and name in OWNED_ONLY:
                     continue
@@ -84,21 +83,6 @@ def build(name, dim, context_dim=0, dtype=torch.float64):
     return _MAKERS[name](dim, context_dim).to(dtype)
 
 
-def randomize_(module, scale=1.0):
-    """Add ``scale * N(0, 1)`` noise to every parameter (matrices: divided by sqrt(fan_in)), in place.
-
-    This includes hypernetwork weights, so amortized parameters then vary with the context (the
-    zero-initialised head would otherwise give the init values for every context).
-    """
-    with torch.no_grad():
-        for p in module.parameters():
-            noise = torch.randn_like(p)
-            if p.dim() >= 2:
-                noise = noise / p.shape[-1] ** 0.5
-            p.add_(scale * noise)
-    return module
-
-
 def bound(module, context):
     """The transform to use: the module itself, or the module conditioned on ``context``."""
     return module if context is None else module.condition(context)
@@ -106,7 +90,7 @@ def bound(module, context):
 
 def setup(name, dim, context_dim, dtype=torch.float64, batch=(4,), scale=1.0):
     """A randomized module, its transform, the context (or None) and an input of ``batch + (dim,)``."""
-    module = randomize_(build(name, dim, context_dim, dtype), scale)
+    module = perturb(build(name, dim, context_dim, dtype), scale, fan_in=True)
     ctx = torch.randn(batch + (context_dim,), dtype=dtype) if context_dim else None
     x = torch.randn(batch + (dim,), dtype=dtype)
     return module, bound(module, ctx), ctx, x
@@ -139,7 +123,7 @@ def trainable(module):
 
 @pytest.mark.parametrize("name,dim,context_dim", cases((1, 2, 3, 10, 40)))
 def test_shapes_and_batch_consistency(name, dim, context_dim):
-    module = randomize_(build(name, dim, context_dim))
+    module = perturb(build(name, dim, context_dim), 1.0, fan_in=True)
     for batch in BATCH_SHAPES:
         ctx = torch.randn(batch + (context_dim,), dtype=torch.float64) if context_dim else None
         t = bound(module, ctx)
@@ -347,7 +331,7 @@ def test_householder_zero_vector_is_finite(context_dim):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("offset", [0.0, 1e-30, 1e-8])
 def test_radial_at_its_centre_is_finite(offset, dtype):
-    module = randomize_(build("radial", 3, 0, dtype))
+    module = perturb(build("radial", 3, 0, dtype), 1.0, fan_in=True)
     x = (module.z0.detach() + offset).expand(2, 3).clone().requires_grad_(True)
     y = module(x)
     ladj = module.log_abs_det_jacobian(x, y)
@@ -444,7 +428,7 @@ def test_amortized_contexts(name, dim, context_dim):
             for key in raw1:
                 assert_close(raw1[key], raw2[key])
     # after randomizing, the context changes the map
-    randomize_(module)
+    perturb(module, 1.0, fan_in=True)
     assert not torch.allclose(module.condition(ctx1)(x), module.condition(ctx2)(x))
 
 
@@ -502,7 +486,7 @@ def test_float32_module_under_float64_default(name, dim, context_dim):
 
 @pytest.mark.parametrize("name,dim,context_dim", cases((3,)))
 def test_pyro_transformed_distributions(name, dim, context_dim):
-    module = randomize_(build(name, dim, context_dim))
+    module = perturb(build(name, dim, context_dim), 1.0, fan_in=True)
     if context_dim:
         ctx = torch.randn(4, context_dim, dtype=torch.float64)
         cond = ConditionalTransformedDistribution(base_dist(dim, torch.float64, (4,)), [module])
