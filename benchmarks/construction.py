@@ -67,6 +67,8 @@ def main(args):
             print(f"D={dim:5d} {family:20s} construct {row['construct_s']:8.3f} s   first step {row['first_step_s']:8.3f} s",
                   flush=True)
     command = "python benchmarks/construction.py --dims " + " ".join(map(str, args.dims))
+    if args.families != FAMILIES:
+        command += " --families " + " ".join(args.families)
     table = ["| D | guide | construct (s) | first step (s) |", "|---|---|---|---|"]
     table += [f"| {r['dim']} | {r['guide']} | {r['construct_s']:.3f} | {r['first_step_s']:.3f} |" for r in rows]
     intro = ("Seconds to build the guide (ours: `model_args` given, so construction sets it up; Pyro's: "
