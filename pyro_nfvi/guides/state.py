@@ -38,7 +38,7 @@ import weakref
 
 import pyro
 import torch
-from pyro.nn.module import PyroModule, _is_module_local_param_enabled
+from pyro.nn.module import PyroModule
 from pyro.params.param_store import param_with_module_name
 
 from ..version import __version__
@@ -71,6 +71,10 @@ def _decode(tensor):
         return json.loads(bytes(int(v) for v in tensor.tolist()).decode())
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"the param store holds an unreadable guide fingerprint ({e})") from None
+
+
+def _module_local():
+    return bool(pyro.settings.get("module_local_params"))
 
 
 def _stored(store, name):
@@ -228,7 +232,7 @@ class GuideState:
         self._claimed = True
 
     def __call__(self, *args, **kwargs):
-        if _is_module_local_param_enabled() and not self._nested and self.__dict__.get("_fingerprint_fields"):
+        if _module_local() and not self._nested and self.__dict__.get("_fingerprint_fields"):
             tensor = _stored(pyro.get_param_store(), self._fingerprint_name())
             if tensor is not None and tensor is not self.__dict__.get("_written_fingerprint"):
                 if not self._writer(tensor)[0]:
@@ -243,7 +247,7 @@ class GuideState:
         """At the start of a call: adopt a loaded state, then put the parameters in the store."""
         if self._nested or self.__dict__.get("_fingerprint_fields") is None:
             return
-        if _is_module_local_param_enabled():
+        if _module_local():
             return  # checked in __call__, before PyroModule swaps in the module's own parameters
         tensor = _stored(pyro.get_param_store(), self._fingerprint_name())
         if tensor is not None and tensor is self.__dict__.get("_written_fingerprint"):
@@ -257,7 +261,7 @@ def _state_dict_pre_hook(module, prefix, keep_vars):
     if (
         not module._nested
         and module.__dict__.get("_fingerprint_fields") is not None
-        and not _is_module_local_param_enabled()
+        and not _module_local()
     ):
         module._pull()
 
