@@ -3,6 +3,7 @@ import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import constraints
 from pyro.infer.autoguide.guides import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.poutine.util import site_is_subsample
@@ -235,6 +236,13 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
                 "encoder_input=callable(*args, **kwargs) -> (N, D_in)"
             )
         for s, axis in usable:
+            support = s["fn"].support
+            if isinstance(support, constraints.integer_interval) and support.upper_bound > 1:
+                raise ValueError(
+                    f"{name}: the observed values of site {s['name']!r} are category ids ({support}); an "
+                    "encoder reading ids as numbers learns nothing sensible: pass encoder_input=callable"
+                    "(*args, **kwargs) -> (N, D_in) returning features (e.g. one-hot vectors or counts)"
+                )
             m = match_observed(s, axis, args, kwargs, indices)
             if m is None:
                 raise ValueError(

@@ -253,3 +253,22 @@ def test_create_plates_supplies_the_data_plate():
     z = trace.nodes[f"_{guide._pyro_name}_local_latent"]["value"]
     assert torch.allclose(trace.nodes[f"_{guide._pyro_name}_local_latent"]["fn"].log_prob(z), expected.log_prob(z))
     assert math.isfinite(Trace_ELBO().loss(hierarchical, guide, Y))
+
+
+def test_category_ids_are_refused_as_encoder_input():
+    """Pyro's LDA: the observed words are category ids; reading them as numbers would be meaningless."""
+    words = torch.randint(0, 50, (30, 8))
+
+    def lda_like(data):
+        with pyro.plate("docs", data.shape[0]):
+            topic = pyro.sample("topic", dist.Dirichlet(torch.ones(4)))
+            probs = (topic @ torch.softmax(torch.randn(4, 50, generator=torch.Generator().manual_seed(0)), -1))
+            with pyro.plate("words", data.shape[1], dim=-2):
+                pyro.sample("w", dist.Categorical(probs.unsqueeze(-3)).expand([data.shape[1], data.shape[0]]),
+                            obs=data.T)
+
+    with pytest.raises(ValueError, match="category ids.*encoder_input"):
+        AmortizedFlowGuide(lda_like, plate="docs", model_args=(words,))
+    guide = AmortizedFlowGuide(lda_like, plate="docs", encoder_hidden=(8,), model_args=(words,),
+                               encoder_input=lambda data: nn.functional.one_hot(data, 50).sum(1).float())
+    assert guide.local_sites == ["topic"] and guide.input_dim == 50
