@@ -7,6 +7,7 @@ the first ~700 steps at lr 1e-2 (and ~1000 at 5e-3), and affine coupling within 
 import math
 
 import pyro
+import torch
 import pytest
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
@@ -31,3 +32,23 @@ def test_eight_schools_does_not_diverge(family):
     reference = _fit(AutoNormal(model), model, args, lr=1e-2, steps=1200)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(losses[-200:]) < mean(reference[-200:]) + 1.0
+
+
+@pytest.mark.parametrize("family", ["iaf", "planar"])
+def test_fit_base_warm_starts_the_gaussian_and_leaves_the_flow(family):
+    model, args = eight_schools()
+    guide = AutoFlowGuide(model, flow=family, num_flows=2, model_args=args)
+    flow_before = [p.detach().clone() for p in guide.flow_stack.parameters()]
+    loc_before = guide.loc.detach().clone()
+    losses = guide.fit_base(*args, num_steps=300, lr=0.05)
+    assert all(torch.equal(a, b) for a, b in zip(flow_before, guide.flow_stack.parameters()))
+    assert not torch.equal(loc_before, guide.loc.detach())
+    assert all(p.grad is None for p in guide.parameters())  # nothing left for the next optimizer
+    elbo = Trace_ELBO(num_particles=1000, vectorize_particles=True)
+    pyro.set_rng_seed(1)
+    warm = elbo.loss(model, guide, *args)
+    pyro.clear_param_store()
+    reference = AutoNormal(model)
+    _fit(reference, model, args, lr=0.05, steps=300)
+    pyro.set_rng_seed(1)
+    assert warm < elbo.loss(model, reference, *args) + 1.0, (warm, losses[-5:])
