@@ -118,6 +118,14 @@ def data_none_model(data=None):
 
 
 @functools.lru_cache(maxsize=None)
+def autonormal_baseline(model, *args):
+    """AutoNormal trained at the shared settings: its final loss and its Predictive shapes (cached)."""
+    guide = start(autonormal(model), *args)
+    train(model, guide, *args)
+    return {"loss": final_loss(model, guide, *args), "shapes": predictive_shapes(model, guide, *args)}
+
+
+@functools.lru_cache(maxsize=None)
 def autonormal_data_none():
     guide = start(autonormal(data_none_model), DATA1)
     train(data_none_model, guide, DATA1)
@@ -293,11 +301,8 @@ FACTOR_LOG_Z = 0.5 * math.log(2 * math.pi * FACTOR_SD**2) + float(
 )
 
 
-@functools.lru_cache(maxsize=None)
 def autonormal_factor():
-    guide = start(autonormal(factor_model))
-    train(factor_model, guide)
-    return {"loss": final_loss(factor_model, guide), "shapes": predictive_shapes(factor_model, guide)}
+    return autonormal_baseline(factor_model)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -327,11 +332,8 @@ def scaled_model(data):
         pyro.sample("obs", dist.Normal(loc, scale), obs=data)
 
 
-@functools.lru_cache(maxsize=None)
 def autonormal_scale():
-    guide = start(autonormal(scaled_model), DATA5)
-    train(scaled_model, guide, DATA5)
-    return {"loss": final_loss(scaled_model, guide, DATA5), "shapes": predictive_shapes(scaled_model, guide, DATA5)}
+    return autonormal_baseline(scaled_model, DATA5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -464,11 +466,8 @@ def grouped_model(y):
 FLOW_SITES8 = ["mu", "tau", "theta"]
 
 
-@functools.lru_cache(maxsize=None)
 def autonormal_guide_list():
-    guide = start(autonormal(grouped_model), Y8)
-    train(grouped_model, guide, Y8)
-    return {"loss": final_loss(grouped_model, guide, Y8), "shapes": predictive_shapes(grouped_model, guide, Y8)}
+    return autonormal_baseline(grouped_model, Y8)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
