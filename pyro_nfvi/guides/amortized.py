@@ -11,7 +11,7 @@ from torch import nn
 
 from ..nn.encoders import MLP, LocScaleHead
 from ..transforms.stack import flow as build_flow
-from ..validation import check_int
+from ..validation import check_int, check_positive
 from .auto import AutoFlowGuide
 from .base import FlowGuide, check_flow_family, jsonable
 from .observed import match_observed, per_point, read_argument
@@ -130,8 +130,8 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         self.global_num_flows = num_flows if global_num_flows is None else check_int("global_num_flows", global_num_flows, minimum=0)
         self.encoder_hidden = tuple(check_int("encoder_hidden", h) for h in encoder_hidden)
         self.encoder_activation = encoder_activation
-        self.init_scale = self._check_scale("init_scale", init_scale)
-        self.global_init_scale = self._check_scale("global_init_scale", global_init_scale)
+        self.init_scale = check_positive("init_scale", init_scale)
+        self.global_init_scale = check_positive("global_init_scale", global_init_scale)
         self.init_loc_fn = init_loc_fn
         self.flow_opts = dict(flow_opts)
         if global_flow_opts is None:

@@ -111,7 +111,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     ):
         self._flow_family = check_flow_family(flow)
         self._num_flows = check_int("num_flows", num_flows, minimum=0)
-        self._init_scale = self._check_scale("init_scale", init_scale)
+        self._init_scale = check_positive("init_scale", init_scale)
         self._flow_opts = dict(flow_opts)
         if self._flow_family in STABLE_BY_DEFAULT and self._flow_opts.get("form", "affine") == "affine":
             self._flow_opts.setdefault("stable", True)

@@ -11,7 +11,7 @@ import json
 import torch
 
 from ..transforms.stack import FAMILIES
-from ..validation import check_choice, check_int, check_positive
+from ..validation import check_choice, check_int
 from .state import GuideState
 
 __all__ = ["FlowGuide", "check_flow_family", "jsonable"]
@@ -59,10 +59,6 @@ class FlowGuide(GuideState):
         self._init_state()
         if model_args is not None or model_kwargs is not None:
             self._setup_prototype(*(model_args or ()), **(model_kwargs or {}))
-
-    @staticmethod
-    def _check_scale(name, value):
-        return check_positive(name, value)
 
     @property
     def is_set_up(self):

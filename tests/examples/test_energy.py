@@ -1,21 +1,12 @@
 """Smoke test of examples/energy.py (imported from its path)."""
-import importlib.util
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "energy.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_energy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from load_example import load_example
 
 
 def test_energy_example_runs(tmp_path, capsys):
     plot = tmp_path / "energy.png"
-    fits = _load().main(["--targets", "U1", "U3", "--num-flows", "1", "2", "--steps", "20", "--samples", "16",
+    fits = load_example("energy").main(["--targets", "U1", "U3", "--num-flows", "1", "2", "--steps", "20", "--samples", "16",
                          "--eval-samples", "500", "--plot", str(plot)])
     assert [(f.target, f.num_flows) for f in fits] == [("U1", 1), ("U1", 2), ("U3", 1), ("U3", 2)]
     assert all(math.isfinite(f.bound) and math.isfinite(f.kl) for f in fits)

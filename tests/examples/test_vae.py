@@ -1,23 +1,14 @@
 """Smoke test of examples/vae.py (imported from its path): both training paths run and improve the ELBO."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "vae.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_vae", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from load_example import load_example
 
 
 @pytest.mark.parametrize("extra", [[], ["--fast"]])
 def test_vae_example_runs(extra, capsys):
-    vae = _load()
+    vae = load_example("vae")
     args = vae.make_parser().parse_args(["--flow", "iaf", "--num-flows", "2", "--epochs", "2", "--num-train", "200",
                                          "--num-test", "100", "--hidden", "32", "--latent-dim", "4",
                                          "--batch-size", "50", "--lr", "3e-3"] + extra)
