@@ -6,15 +6,19 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.guides import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
+from pyro.distributions.transforms import LowerCholeskyAffine
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from ..nn.encoders import inverse_softplus
 from ..transforms.stack import flow as build_flow
-from ..validation import check_int, check_positive
+from ..validation import check_choice, check_int, check_positive
 from .base import FlowGuide, check_flow_family, jsonable
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
-__all__ = ["AutoFlowGuide", "STABLE_BY_DEFAULT"]
+__all__ = ["AutoFlowGuide", "BASES", "STABLE_BY_DEFAULT"]
+
+#: The affine bases :class:`AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
+BASES = ("diagonal", "full")
 
 #: Families whose layers :class:`AutoFlowGuide` builds in their gated (contracting) form unless
 #: ``stable=False`` is passed: see "Stability" in the class docstring.
@@ -22,13 +26,15 @@ STABLE_BY_DEFAULT = ("iaf", "coupling")
 
 
 class AutoFlowGuide(FlowGuide, AutoContinuous):
-    r"""Flow posterior :math:`q(z) = f_K \circ \dots \circ f_1 \circ (\mu + \sigma \odot \cdot) \# \mathcal N(0, I)`
+    r"""Flow posterior :math:`q(z) = f_K \circ \dots \circ f_1 \circ (\mu + L\,\cdot) \# \mathcal N(0, I)`
     over all latent sites of a model, packed into one unconstrained vector.
 
     Every continuous latent site is mapped to the real line with ``biject_to(support)`` (positive,
     simplex, correlation Cholesky, bounded, ...), the unconstrained values are concatenated into
-    one vector :math:`z \in \mathbb R^D`, and :math:`z` is drawn from a learnable diagonal Gaussian
-    pushed through a flow stack built by :func:`pyro_nfvi.transforms.flow` (Rezende & Mohamed's
+    one vector :math:`z \in \mathbb R^D`, and :math:`z` is drawn from a learnable Gaussian
+    :math:`\mathcal N(\mu, L L^\top)` (``base="diagonal"``: :math:`L = \mathrm{diag}(\sigma)`;
+    ``base="full"``: :math:`L` lower-triangular with a positive diagonal, for strongly correlated
+    posteriors, at :math:`O(D^2)` parameters) pushed through a flow stack built by :func:`pyro_nfvi.transforms.flow` (Rezende & Mohamed's
     design).  At initialisation the flow is the identity or a linear map (Householder reflections,
     IAF permutations), and the Gaussian is placed so that the posterior starts centred at
     ``init_loc_fn``'s values (default :func:`~pyro.infer.autoguide.initialization.init_to_median`)
@@ -73,6 +79,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         num_flows (int): number of flow layers.
         init_loc_fn (callable): per-site initialisation of the posterior's location.
         init_scale (float): initial scale of the posterior.
+        base (str): ``"diagonal"`` or ``"full"``: the scale of the affine base (see above).
         model_args (tuple): the model's positional arguments, to set up at construction.
         model_kwargs (dict): the model's keyword arguments, to set up at construction.
         num_mc_samples (int): draws used by ``median``/``quantiles`` when there is a flow.
@@ -102,6 +109,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         *,
         init_loc_fn=init_to_median,
         init_scale=0.1,
+        base="diagonal",
         model_args=None,
         model_kwargs=None,
         num_mc_samples=1000,
@@ -112,6 +120,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         self._flow_family = check_flow_family(flow)
         self._num_flows = check_int("num_flows", num_flows, minimum=0)
         self._init_scale = check_positive("init_scale", init_scale)
+        self._base = check_choice("base", base, BASES)
         self._flow_opts = dict(flow_opts)
         if self._flow_family in STABLE_BY_DEFAULT and self._flow_opts.get("form", "affine") == "affine":
             self._flow_opts.setdefault("stable", True)
@@ -151,6 +160,9 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
                     pass
         self.loc = nn.Parameter(loc)
         self.scale_raw = nn.Parameter(torch.full_like(init, inverse_softplus(self._init_scale)))
+        if self._base == "full":
+            # the strictly lower triangle of L; its upper triangle and diagonal are never read
+            self.scale_tril_raw = nn.Parameter(init.new_zeros(self.latent_dim, self.latent_dim))
         self._fingerprint_fields = self._config_fingerprint()
 
     def _config_fingerprint(self):
@@ -158,6 +170,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             "guide": type(self).__name__,
             "flow": self._flow_family,
             "num_flows": self._num_flows,
+            "base": self._base,
             "flow_opts": jsonable(self._flow_opts),
             "sites": [[s.name, list(s.shape)] for s in self._packer.specs],
         }
@@ -172,10 +185,22 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         loc = self.loc
         return dist.Normal(loc.new_zeros(()), loc.new_ones(())).expand([self.latent_dim]).to_event(1)
 
-    def _transforms(self):
+    def _base_parameters(self):
+        """The parameters of the affine base: ``loc``, ``scale_raw`` (and ``scale_tril_raw``)."""
+        names = ("loc", "scale_raw", "scale_tril_raw") if self._base == "full" else ("loc", "scale_raw")
+        return [getattr(self, n) for n in names]
+
+    def _affine(self):
         # each attribute read of a PyroModule emits one param message per parameter: read once
-        stack, scale = self.flow_stack, nn.functional.softplus(self.scale_raw)
-        parts = [AffineTransform(self.loc, scale, event_dim=1, cache_size=1)]
+        scale = nn.functional.softplus(self.scale_raw)
+        if self._base == "full":
+            tril = self.scale_tril_raw.tril(-1) + torch.diag_embed(scale)
+            return LowerCholeskyAffine(self.loc, tril, cache_size=1)
+        return AffineTransform(self.loc, scale, event_dim=1, cache_size=1)
+
+    def _transforms(self):
+        stack = self.flow_stack
+        parts = [self._affine()]
         return parts + [stack] if len(stack) else parts
 
     def get_transform(self, *args, **kwargs):
@@ -201,11 +226,12 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
 
     # -- warm start -----------------------------------------------------------------------------------
     def fit_base(self, *args, num_steps=500, lr=0.05, num_particles=8, **kwargs):
-        """Fit the Gaussian (``loc``, ``scale``) with the flow held at its initialisation; return the losses.
+        """Fit the Gaussian base (``loc``, ``scale``) with the flow held at its initialisation; return the losses.
 
         A warm start (Agrawal, Sheldon & Domke 2020): the flow then starts training from a Gaussian
         at the posterior's location and scale, instead of learning the scale itself.  Runs
-        ``num_steps`` steps of Adam on ``loc`` and ``scale_raw`` only, on a ``Trace_ELBO`` estimate
+        ``num_steps`` steps of Adam on the base's parameters only (``loc``, ``scale_raw`` and, for
+        ``base="full"``, ``scale_tril_raw``), on a ``Trace_ELBO`` estimate
         with ``num_particles`` vectorized particles; the flow's parameters are left untouched.
 
         Args:
@@ -231,7 +257,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         num_particles = check_int("num_particles", num_particles)
         self._ensure_setup(args, kwargs)
         elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
-        base = [self.loc, self.scale_raw]
+        base = self._base_parameters()
         optim = torch.optim.Adam(base, lr=lr)
         losses = []
         for _ in range(num_steps):
@@ -247,8 +273,12 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
 
     # -- summaries ----------------------------------------------------------------------------------
     def _loc_scale(self, *args, **kwargs):
+        """The base's location and marginal standard deviations."""
         self._ensure_setup(args, kwargs)
-        return self.loc, nn.functional.softplus(self.scale_raw)
+        scale = nn.functional.softplus(self.scale_raw)
+        if self._base == "full":
+            scale = (self.scale_tril_raw.tril(-1).square().sum(-1) + scale.square()).sqrt()
+        return self.loc, scale
 
     @torch.no_grad()
     def _latent_quantiles(self, quantiles, args, kwargs):
