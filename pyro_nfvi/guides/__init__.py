@@ -1,5 +1,5 @@
 """Flow guides for any Pyro model: :class:`AutoFlowGuide`, :class:`AmortizedFlowGuide`, and the fast path
-(:class:`FastSVI`, :func:`fit`: Pyro's ``ELBOModule`` with one torch optimizer).
+(:class:`FastSVI`, :func:`fit_fast`: Pyro's ``ELBOModule`` with one torch optimizer).
 
 * :mod:`~pyro_nfvi.guides.sites` -- latent sites and their packing into one unconstrained vector;
 * :mod:`~pyro_nfvi.guides.observed` -- where an amortized guide finds its encoder's input;
@@ -9,6 +9,6 @@
 """
 from .amortized import AmortizedFlowGuide
 from .auto import AutoFlowGuide
-from .fast import FastSVI, fit
+from .fast import FastSVI, fit_fast
 
-__all__ = ["AmortizedFlowGuide", "AutoFlowGuide", "FastSVI", "fit"]
+__all__ = ["AmortizedFlowGuide", "AutoFlowGuide", "FastSVI", "fit_fast"]

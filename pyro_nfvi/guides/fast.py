@@ -32,7 +32,7 @@ from pyro.nn.module import PyroModule
 
 from ..validation import check_int, check_positive
 
-__all__ = ["FastSVI", "fit"]
+__all__ = ["FastSVI", "fit_fast"]
 
 
 def _adam(params, lr):
@@ -141,7 +141,7 @@ class FastSVI:
         return self.loss_fn(*args, **kwargs).item()
 
 
-def fit(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=None, callback=None, **kwargs):
+def fit_fast(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=None, callback=None, **kwargs):
     """Run ``num_steps`` steps of :class:`FastSVI` on fixed arguments; return the list of losses.
 
     Args:
@@ -159,7 +159,7 @@ def fit(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=None,
         >>> def model():
         ...     pyro.sample("z", dist.Normal(3.0, 1.0))
         >>> guide = AutoFlowGuide(model, flow="none")
-        >>> losses = fit(model, guide, num_steps=300, lr=0.05)
+        >>> losses = fit_fast(model, guide, num_steps=300, lr=0.05)
         >>> bool(abs(guide.median()["z"] - 3.0) < 0.5)
         True
     """

@@ -277,9 +277,9 @@ def test_median_draws_are_cached_until_a_parameter_changes():
 
 
 def test_fit_advances_annealing(module_local):
-    from pyro_nfvi.guides import fit
+    from pyro_nfvi.guides import fit_fast
 
     guide = AutoFlowGuide(two_sites, flow="planar", num_flows=2)
     loss = AnnealedELBO(mode="kl_warmup", warmup_steps=10)
-    fit(two_sites, guide, num_steps=6, loss=loss, lr=0.01)
+    fit_fast(two_sites, guide, num_steps=6, loss=loss, lr=0.01)
     assert loss.t == 6 and math.isclose(loss.beta, 0.6, abs_tol=0.11)

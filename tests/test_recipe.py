@@ -1,0 +1,96 @@
+"""pyro_nfvi.fit: the recipe's phases, its guard, its choices and its errors."""
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_nfvi import AutoFlowGuide, fit
+
+Y = torch.tensor([4.8, 5.3, 5.1, 4.6, 5.6])
+
+
+def model(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, scale), obs=y)
+
+
+class Bomb:
+    """``model`` plus a factor that is NaN at the calls listed in ``at`` (counted over model calls)."""
+
+    def __init__(self, at):
+        self.at, self.calls = set(at), 0
+
+    def __call__(self, y):
+        model(y)
+        self.calls += 1
+        pyro.factor("bomb", torch.tensor(math.nan if self.calls in self.at else 0.0))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+
+
+@pytest.mark.parametrize("make_guide", [lambda m: AutoFlowGuide(m, flow="iaf", num_flows=2), AutoNormal], ids=["flow", "AutoNormal"])
+def test_fit_reaches_the_posterior_with_any_guide(make_guide):
+    guide = make_guide(model)
+    # Pyro's guides get no warm start: a candidate large enough to reach mu = 5 in 400 steps
+    result = fit(model, guide, Y, num_steps=400, lrs=(5e-2, 1e-2, 1e-3), progress=False)
+    assert len(result.losses) == 400 and all(math.isfinite(v) for v in result.losses)
+    assert set(result.probe_scores) == {5e-2, 1e-2, 1e-3} and result.lr in result.probe_scores
+    assert result.probe_scores[result.lr] == min(result.probe_scores.values())
+    assert abs(float(guide.median(Y)["mu"]) - float(Y.mean())) < 0.3
+    assert (len(result.warm_start_losses) > 0) == isinstance(guide, AutoFlowGuide)
+
+
+def test_a_non_finite_loss_rolls_back_and_halves_the_learning_rate():
+    bomb = Bomb(at=[150])  # one model call per step (vectorized particles): step ~150 of the main run
+    guide = AutoFlowGuide(bomb, flow="planar", num_flows=2)
+    result = fit(bomb, guide, Y, num_steps=300, lrs=(1e-2,), warm_start=False, window=50, progress=False)
+    assert result.rollbacks == 1 and result.lr == 5e-3
+    assert len(result.losses) == 299 and all(math.isfinite(v) for v in result.losses)
+    assert all(bool(torch.isfinite(p).all()) for p in guide.parameters())
+
+
+def test_the_guard_gives_up_with_a_clear_error_and_keeps_the_last_good_state():
+    bomb = Bomb(at=range(100, 10**6))
+    guide = AutoFlowGuide(bomb, flow="planar", num_flows=2)
+    with pytest.raises(FloatingPointError, match="roll-backs"):
+        fit(bomb, guide, Y, num_steps=300, lrs=(1e-2,), warm_start=False, window=50, max_rollbacks=2, progress=False)
+    assert all(bool(torch.isfinite(p).all()) for p in guide.parameters())
+
+
+def test_a_diverging_candidate_is_not_chosen():
+    bomb = Bomb(at=[30])  # the first probe (lr 1e-2) meets it; the second does not
+    guide = AutoFlowGuide(bomb, flow="none")
+    result = fit(bomb, guide, Y, num_steps=100, lrs=(1e-2, 1e-3), probe_steps=50, warm_start=False, progress=False)
+    assert result.probe_scores[1e-2] == math.inf and result.lr == 1e-3
+
+
+def test_the_stopping_rule_ends_a_converged_run():
+    guide = AutoFlowGuide(model, flow="none")
+    result = fit(model, guide, Y, num_steps=5000, lrs=(1e-2,), tol=1.0, window=100, progress=False)
+    assert result.stopped_early and len(result.losses) < 5000
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"num_steps": 0}, "num_steps"), ({"lrs": ()}, "lrs"), ({"lrs": (0.1, -1.0)}, "lrs"),
+     ({"estimator": "bbvi"}, "estimator"), ({"final_lr_fraction": 2.0}, "final_lr_fraction"),
+     ({"clip_norm": -1.0}, "clip_norm"), ({"tol": 0.0}, "tol")],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(model, AutoFlowGuide(model), Y, progress=False, **kwargs)
+
+
+def test_module_local_params_is_refused_with_what_to_do():
+    with pyro.settings.context(module_local_params=True):
+        with pytest.raises(ValueError, match="FastSVI"):
+            fit(model, AutoFlowGuide(model), Y, progress=False)
