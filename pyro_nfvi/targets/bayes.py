@@ -77,7 +77,7 @@ def funnel(dim=10):
 
     def model():
         v = pyro.sample("v", dist.Normal(0.0, 3.0))
-        pyro.sample("x", dist.Normal(torch.zeros(dim - 1), torch.exp(v / 2)).to_event(1))
+        pyro.sample("x", dist.Normal(torch.zeros(dim - 1), torch.exp(v / 2)[..., None]).to_event(1))
 
     return model, ()
 
