@@ -22,7 +22,8 @@ Two models take their reference from elsewhere, and still record their own NUTS 
 Their own NUTS runs (divergences, wall time) use ``--secondary`` warmup and kept iterations per chain
 (default 500) and ``max_tree_depth=8``, to bound their cost.
 
-A report goes to ``<results>/nuts_reference.{json,md}``.
+A report goes to ``<results>/nuts_reference.{json,md}`` (``--report-only`` rebuilds it from the
+fixtures in ``--out``, e.g. after running the models in separate processes).
 
 Usage::
 
@@ -39,11 +40,10 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import pyro
-import torch
 from pyro.infer import MCMC, NUTS
 
 from pyro_nfvi.targets.bayes import MODELS
-from pyro_nfvi.targets.reference import REFERENCE_DIR, save_reference
+from pyro_nfvi.targets.reference import REFERENCE_DIR, load_reference, save_reference
 from report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,38 +172,50 @@ def reference(name, args):
     return draws, {"source": "nuts", "nuts": nuts_info(name, args, draws, divergences, seconds)}
 
 
+def report_row(path):
+    """The report's row of the fixture at ``path``."""
+    info = load_reference(path).info
+    nuts = info["nuts"]
+    return {"model": info["model"], "source": info["source"], "rhat_max": info["rhat_max"],
+            "ess_bulk_min": info["ess_bulk_min"], "ess_tail_min": info["ess_tail_min"],
+            "num_draws": info["num_draws"], "nuts_chains": nuts["chains"], "nuts_warmup": nuts["warmup"],
+            "nuts_samples": nuts["samples"], "nuts_rhat_max": nuts["rhat_max"],
+            "nuts_ess_bulk_min": nuts["ess_bulk_min"], "nuts_divergences": nuts["divergences"],
+            "nuts_seconds": nuts["seconds"], "bytes": Path(path).stat().st_size,
+            "settings": SETTINGS.get(info["model"], {})}
+
+
 def main(args):
-    torch.set_default_dtype(torch.float32)
     names = args.models or list(MODELS)
     rows = []
     for name in names:
-        draws, info = reference(name, args)
-        info.update(diagnose(draws))
-        kept, step = thin(draws, args.max_draws)
-        info.update(model=name, num_draws=int(next(iter(kept.values())).shape[0]), thin=step)
         path = Path(args.out) / f"{name}.npz"
-        save_reference(path, kept, info)
-        nuts = info["nuts"]
-        row = {"model": name, "source": info["source"], "rhat_max": info["rhat_max"],
-               "ess_bulk_min": info["ess_bulk_min"], "ess_tail_min": info["ess_tail_min"],
-               "nuts_rhat_max": nuts["rhat_max"], "nuts_ess_bulk_min": nuts["ess_bulk_min"],
-               "nuts_divergences": nuts["divergences"], "nuts_seconds": nuts["seconds"],
-               "bytes": path.stat().st_size, "settings": SETTINGS.get(name, {})}
+        if not args.report_only:
+            draws, info = reference(name, args)
+            info.update(diagnose(draws))
+            kept, step = thin(draws, args.max_draws)
+            info.update(model=name, num_draws=int(next(iter(kept.values())).shape[0]), thin=step)
+            save_reference(path, kept, info)
+        row = report_row(path)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if info["rhat_max"] >= 1.01:
-            print(f"WARNING: {name}: R-hat {info['rhat_max']:.4f} >= 1.01", flush=True)
+        if row["rhat_max"] >= 1.01:
+            print(f"WARNING: {name}: R-hat {row['rhat_max']:.4f} >= 1.01", flush=True)
     command = (f"python benchmarks/nuts_reference.py --chains {args.chains} --warmup {args.warmup} "
-               f"--samples {args.samples} --seed {args.seed}" + (" --models " + " ".join(names) if args.models else ""))
-    intro = ("Reference draws (source; split R-hat max, bulk and tail ESS min over the scalar components of the "
-             "reference draws) and the NUTS run on each model itself (R-hat max, bulk ESS min, divergences, "
-             "wall seconds of all chains, JIT included).")
-    table = ["| model | source | R-hat max | ESS bulk min | ESS tail min | NUTS R-hat max | NUTS ESS bulk min "
-             "| NUTS divergences | NUTS seconds | fixture KB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               f"--samples {args.samples} --secondary {args.secondary} --seed {args.seed}"
+               + (" --models " + " ".join(names) if args.models else ""))
+    intro = ("Reference draws (source; split R-hat max, bulk and tail ESS min over the non-constant scalar "
+             "components of the reference draws) and the NUTS run on each model itself (chains x (warmup + "
+             "samples), R-hat max, bulk ESS min, divergences, wall seconds of all chains, JIT included).")
+    table = ["| model | source | R-hat max | ESS bulk min | ESS tail min | NUTS chains x (warmup + samples) "
+             "| NUTS R-hat max | NUTS ESS bulk min | NUTS divergences | NUTS seconds | fixture KB |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        table.append(f"| {r['model']} | {r['source'].split(',')[0]} | {r['rhat_max']:.4f} | {r['ess_bulk_min']:.0f} "
-                     f"| {r['ess_tail_min']:.0f} | {r['nuts_rhat_max']:.4f} | {r['nuts_ess_bulk_min']:.0f} "
-                     f"| {r['nuts_divergences']} | {r['nuts_seconds']:.1f} | {r['bytes'] / 1024:.0f} |")
+        table.append(f"| {r['model']} | {r['source'].split(',')[0].split(':')[0]} | {r['rhat_max']:.4f} "
+                     f"| {r['ess_bulk_min']:.0f} | {r['ess_tail_min']:.0f} "
+                     f"| {r['nuts_chains']} x ({r['nuts_warmup']} + {r['nuts_samples']}) "
+                     f"| {r['nuts_rhat_max']:.4f} | {r['nuts_ess_bulk_min']:.0f} | {r['nuts_divergences']} "
+                     f"| {r['nuts_seconds']:.1f} | {r['bytes'] / 1024:.0f} |")
     return write_report(args.results, "nuts_reference", command, rows, "NUTS reference posteriors", intro, table)
 
 
@@ -218,6 +230,8 @@ def parse_args(argv=None):
                         help="warmup and kept iterations of a model's own NUTS run when its reference comes from "
                              "elsewhere (funnel, eight_schools_centered, collinear_regression)")
     parser.add_argument("--max-draws", type=int, default=2000, help="draws kept per site after thinning")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the fixtures already in --out, running nothing")
     parser.add_argument("--out", default=str(REFERENCE_DIR), help="fixture folder (default: the package's)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="report folder")
     return parser.parse_args(argv)
