@@ -35,3 +35,17 @@ def test_stability_script(script, tmp_path):
     assert [r["guide"] for r in report["rows"]] == ["planar", "AutoNormal"]
     assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
     assert "| planar | 0/1" in (tmp_path / "stability.md").read_text()
+
+
+def test_nuts_reference_script(script, tmp_path):
+    from pyro_nfvi.targets.reference import load_reference
+
+    mod = script("nuts_reference")
+    args = mod["parse_args"](["--models", "ar5", "--chains", "2", "--warmup", "20", "--samples", "30",
+                              "--max-draws", "40", "--out", str(tmp_path), "--results", str(tmp_path)])
+    report = mod["main"](args)
+    assert [r["model"] for r in report["rows"]] == ["ar5"]
+    ref = load_reference(tmp_path / "ar5.npz")
+    assert ref.draws["phi"].shape == (30, 5) and ref.info["thin"] == 2 and ref.info["source"] == "nuts"
+    assert ref.info["nuts"]["seconds"] > 0
+    assert "| ar5 | nuts |" in (tmp_path / "nuts_reference.md").read_text()

@@ -6,6 +6,10 @@
   :class:`~pyro_nfvi.guides.AutoFlowGuide` to one of these energies through :func:`energy_model`
   (used by ``nfvi demo`` and ``examples/energy.py``), and :func:`estimate_bound`.
 * :mod:`~pyro_nfvi.targets.plot` -- :func:`plot_energy_fits`, figures of targets and fits.
+* :mod:`~pyro_nfvi.targets.bayes` -- classic Bayesian models with their data, and ``MODELS``, the
+  benchmark models by name.
+* :mod:`~pyro_nfvi.targets.reference` -- ``load_reference``, their NUTS (or exact) reference draws,
+  shipped in ``pyro_nfvi/targets/reference``.
 """
 from .energies import (
     BOX,
