@@ -35,3 +35,13 @@ def test_stability_script(script, tmp_path):
     assert [r["guide"] for r in report["rows"]] == ["planar", "AutoNormal"]
     assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
     assert "| planar | 0/1" in (tmp_path / "stability.md").read_text()
+
+
+def test_amortized_stability_script(script, tmp_path):
+    mod = script("amortized_stability")
+    args = mod["parse_args"](["--seeds", "1", "--steps", "105", "--lrs", "0.01", "--families", "none",
+                              "--n", "200", "--out", str(tmp_path)])
+    report = mod["main"](args)
+    assert [r["family"] for r in report["rows"]] == ["none"]
+    assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
+    assert "| none | 0/1" in (tmp_path / "amortized_stability.md").read_text()

@@ -48,12 +48,10 @@ def is_category_ids(fn):
     base = _unwrap(fn)
     if isinstance(base, torch.distributions.Categorical):
         return True
+    if hasattr(base, "total_count"):  # Binomial, Multinomial, ...: counts
+        return False
     support = fn.support
-    return (
-        isinstance(support, constraints.integer_interval)
-        and support.upper_bound > 1
-        and not hasattr(base, "total_count")
-    )
+    return isinstance(support, constraints.integer_interval) and bool(torch.as_tensor(support.upper_bound).max() > 1)
 
 
 def as_float_input(x, dtype, what, check_finite=False):
