@@ -49,3 +49,13 @@ def test_nuts_reference_script(script, tmp_path):
     assert ref.draws["phi"].shape == (30, 5) and ref.info["thin"] == 2 and ref.info["source"] == "nuts"
     assert ref.info["nuts"]["seconds"] > 0
     assert "| ar5 | nuts |" in (tmp_path / "nuts_reference.md").read_text()
+
+
+def test_amortized_stability_script(script, tmp_path):
+    mod = script("amortized_stability")
+    args = mod["parse_args"](["--seeds", "1", "--steps", "105", "--lrs", "0.01", "--families", "none",
+                              "--n", "200", "--out", str(tmp_path)])
+    report = mod["main"](args)
+    assert [r["family"] for r in report["rows"]] == ["none"]
+    assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
+    assert "| none | 0/1" in (tmp_path / "amortized_stability.md").read_text()

@@ -3,6 +3,7 @@
 
 * :mod:`~pyro_nfvi.guides.sites` -- latent sites and their packing into one unconstrained vector;
 * :mod:`~pyro_nfvi.guides.observed` -- where an amortized guide finds its encoder's input;
+* :mod:`~pyro_nfvi.guides.encoder_input` -- what that encoder accepts, and its standardisation;
 * :mod:`~pyro_nfvi.guides.state` -- what a guide saves (parameters + fingerprint) and the param store;
 * :mod:`~pyro_nfvi.guides.base` -- what the two guides share;
 * :mod:`~pyro_nfvi.guides.fast` -- the fast training path, behind one seam.

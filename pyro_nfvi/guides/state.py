@@ -1,8 +1,14 @@
 """What a flow guide saves: its parameters plus a configuration fingerprint, and nothing else.
 
 Every buffer of a flow guide (IAF orders, MADE masks, permutations) is a pure function of its
-configuration, so the guide's *parameters* are its whole state.  The **fingerprint** is a JSON
-description of the configuration (guide class, flow family, number of layers, flow options, the
+configuration, so the guide's *parameters* are its whole state, with one exception: buffers that
+are a function of the *data*, fixed at setup (the input statistics of an amortized guide's
+encoder, :class:`~pyro_nfvi.guides.encoder_input.InputStandardizer`), are state too.  Their module
+names them in ``state_buffers``; they travel in ``state_dict`` (persistent buffers) and in the
+param store (where no optimizer touches them: no ``pyro.param`` statement reads them), and a load
+copies them back, so a guide set up on other data reproduces the saved one exactly.
+
+The **fingerprint** is a JSON description of the configuration (guide class, flow family, number of layers, flow options, the
 latent sites and their shapes, the package version) that travels with the parameters, so that a
 state saved from one configuration is refused by a guide of another, with an error that names
 both.  There are three ways to save and load a guide, and all of them are exact:
@@ -93,7 +99,9 @@ def _mismatch_message(name, saved, current):
 
 def _entries(module, fullname):
     """``(store name, owner module, attribute)`` of every parameter, named as ``PyroModule`` names
-    them in the param store (``pyro.module`` naming inside plain ``nn.Module`` children)."""
+    them in the param store (``pyro.module`` naming inside plain ``nn.Module`` children), and of the
+    buffers that a plain child module names in its ``state_buffers`` (data-derived state, such as
+    the encoder's input statistics)."""
     out = [(f"{fullname}.{n}", module, n) for n, p in module._parameters.items() if p is not None]
     for child_name, child in module._modules.items():
         if child is None:
@@ -103,10 +111,16 @@ def _entries(module, fullname):
             out += _entries(child, cname)
             continue
         for mod_name, mod in child.named_modules():
-            for n, p in mod._parameters.items():
-                if p is not None:
-                    out.append((param_with_module_name(cname, f"{mod_name}.{n}" if mod_name else n), mod, n))
+            names = [n for n, p in mod._parameters.items() if p is not None]
+            names += [n for n in getattr(mod, "state_buffers", ()) if mod._buffers.get(n) is not None]
+            for n in names:
+                out.append((param_with_module_name(cname, f"{mod_name}.{n}" if mod_name else n), mod, n))
     return out
+
+
+def _tensor(owner, attr):
+    """The parameter, or the state buffer, ``attr`` of ``owner``."""
+    return owner._parameters[attr] if attr in owner._parameters else owner._buffers[attr]
 
 
 class GuideState:
@@ -181,7 +195,7 @@ class GuideState:
                     f"the param store holds a state of guide {self._pyro_name!r} without the entry {name!r}; "
                     "it was saved by another version or edited: load it into a guide of that version"
                 )
-            tensor = owner._parameters[attr]
+            tensor = _tensor(owner, attr)
             if value is tensor:
                 continue
             if value.shape != tensor.shape:
@@ -219,11 +233,13 @@ class GuideState:
     def _push(self):
         store = pyro.get_param_store()
         for name, owner, attr in self._store_names():
-            tensor = owner._parameters[attr]
+            tensor = _tensor(owner, attr)
             if _stored(store, name) is not tensor:
                 if not tensor.is_contiguous():  # the store keeps a contiguous copy of anything else
                     tensor.data = tensor.data.contiguous()
                 store[name] = tensor  # constraint real: the store keeps this very tensor
+                if attr not in owner._parameters:
+                    tensor.requires_grad_(False)  # the store marks it; a state buffer takes no gradient
         store[self._fingerprint_name()] = _encode(self.fingerprint)
         written = _stored(store, self._fingerprint_name())
         key = id(written)
