@@ -179,10 +179,10 @@ def path_derivative(guide):
         >>> import pyro, pyro.distributions as dist
         >>> from pyro_nfvi.guides import AutoFlowGuide
         >>> model = lambda: pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        >>> guide = AutoFlowGuide(model, flow="planar", num_flows=2, model_args=())
+        >>> guide = AutoFlowGuide(model, flow="planar", num_flows=2, model_args=(), name="demo")
         >>> with path_derivative(guide):
         ...     tr = pyro.poutine.trace(guide).get_trace()
-        >>> type(tr.nodes["_AutoFlowGuide_latent"]["fn"]).__name__, uses_path_derivative(guide)
+        >>> type(tr.nodes["_demo_latent"]["fn"]).__name__, uses_path_derivative(guide)
         ('PathDerivative', False)
     """
     check_flow_guide(guide)

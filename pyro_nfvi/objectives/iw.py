@@ -47,7 +47,11 @@ class IW_ELBO(ELBO):
     By default the weights are over the whole trace (every site of the model and the guide);
     ``plate="data"`` splits them per data point of that plate (a VAE with an amortized guide:
     :math:`\sum_b \log \frac1M \sum_i w_{ib}`, the subsampling scale applied outside the ``log``);
-    then every sample site must lie inside that plate.  ``gradient="dreg"`` needs one of this
+    then every sample site must lie inside that plate.  (Pyro's ``RenyiELBO`` also splits the weights
+    along plates that hold *every* site; ``plate=None`` here never does.)  Near the posterior the
+    DReG guide gradient has orders of magnitude less variance than IWAE's; far from it (a guide
+    much narrower than the posterior) it can have more (``benchmarks/results/estimators.md``).
+    ``gradient="dreg" needs one of this
     package's guides (:class:`~pyro_nfvi.guides.AutoFlowGuide`,
     :class:`~pyro_nfvi.guides.AmortizedFlowGuide`; any other raises a ``TypeError``) and costs, per
     draw of the packed latent of size ``D``, ``D`` backward passes and an ``O(D^3)`` solve.
@@ -68,7 +72,7 @@ class IW_ELBO(ELBO):
         >>> from pyro_nfvi.guides import AutoFlowGuide
         >>> def model():
         ...     pyro.sample("z", dist.Normal(torch.tensor([1.0, -1.0]), 0.5).to_event(1))
-        >>> guide = AutoFlowGuide(model, flow="planar", num_flows=2, model_args=())
+        >>> guide = AutoFlowGuide(model, flow="planar", num_flows=2, model_args=(), name="demo")
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), IW_ELBO(num_particles=8))
         >>> losses = [svi.step() for _ in range(300)]
         >>> bool((guide.median()["z"] - torch.tensor([1.0, -1.0])).abs().max() < 0.2)
@@ -123,7 +127,7 @@ class IW_ELBO(ELBO):
         if self.plate is not None:
             keep.add(self._plate_dim((model_trace, guide_trace)))
             scales = set()
-            for _, site in sites:
+            for _, site in sorted(sites, key=lambda pair: pair[0]):  # guide sites first
                 if not any(f.name == self.plate for f in site["cond_indep_stack"]):
                     where = "guide" if any(s is site for s in guide_trace.nodes.values()) else "model"
                     raise ValueError(
@@ -200,7 +204,8 @@ class IW_ELBO(ELBO):
             >>> import pyro, pyro.distributions as dist
             >>> from pyro_nfvi.guides import AutoFlowGuide
             >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
-            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, init_loc_fn=lambda site: torch.tensor(0.0))
+            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, name="iw_loss",
+            ...                       init_loc_fn=lambda site: torch.tensor(0.0))
             >>> abs(IW_ELBO().loss(model, guide)) < 1e-6
             True
         """
@@ -218,7 +223,8 @@ class IW_ELBO(ELBO):
             >>> import pyro, pyro.distributions as dist
             >>> from pyro_nfvi.guides import AutoFlowGuide
             >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
-            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, init_loc_fn=lambda site: torch.tensor(0.0))
+            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, name="iw_grad",
+            ...                       init_loc_fn=lambda site: torch.tensor(0.0))
             >>> loss = IW_ELBO(num_particles=5).differentiable_loss(model, guide)
             >>> [float(g.abs().max()) for g in torch.autograd.grad(loss, [guide.loc, guide.scale_raw])]  # q = p
             [0.0, 0.0]

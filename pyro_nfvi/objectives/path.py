@@ -28,6 +28,10 @@ class STL_ELBO(Trace_ELBO):
     backward passes and an ``O(D^3)`` solve per draw of the packed latent of size ``D``.  Any
     other guide raises a ``TypeError``.
 
+    The variance is lower near the posterior (zero at it); far from it, e.g. a guide much narrower
+    than the posterior at initialisation, it can be far higher than ``Trace_ELBO``'s
+    (``benchmarks/results/estimators.md``): the score term then cancels noise of the path term.
+
     Reference: Roeder, Wu & Duvenaud, *Sticking the landing: simple, lower-variance gradient
     estimators for variational inference*, NeurIPS 2017.
 
@@ -42,7 +46,7 @@ class STL_ELBO(Trace_ELBO):
         >>> from pyro_nfvi.guides import AutoFlowGuide
         >>> def model():
         ...     pyro.sample("z", dist.Normal(torch.tensor([1.0, -1.0]), 0.5).to_event(1))
-        >>> guide = AutoFlowGuide(model, flow="planar", num_flows=2, model_args=())
+        >>> guide = AutoFlowGuide(model, flow="planar", num_flows=2, model_args=(), name="demo")
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), STL_ELBO(num_particles=4))
         >>> losses = [svi.step() for _ in range(300)]
         >>> bool((guide.median()["z"] - torch.tensor([1.0, -1.0])).abs().max() < 0.2)
@@ -64,7 +68,8 @@ class STL_ELBO(Trace_ELBO):
             >>> import pyro, pyro.distributions as dist
             >>> from pyro_nfvi.guides import AutoFlowGuide
             >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
-            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, init_loc_fn=lambda site: torch.tensor(0.0))
+            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, name="stl_loss",
+            ...                       init_loc_fn=lambda site: torch.tensor(0.0))
             >>> abs(STL_ELBO().loss(model, guide)) < 1e-6
             True
         """
@@ -79,7 +84,8 @@ class STL_ELBO(Trace_ELBO):
             >>> import pyro, pyro.distributions as dist
             >>> from pyro_nfvi.guides import AutoFlowGuide
             >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
-            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, init_loc_fn=lambda site: torch.tensor(0.0))
+            >>> guide = AutoFlowGuide(model, flow="none", init_scale=1.0, name="stl_grad",
+            ...                       init_loc_fn=lambda site: torch.tensor(0.0))
             >>> loss = STL_ELBO().differentiable_loss(model, guide)
             >>> [float(g.abs().max()) for g in torch.autograd.grad(loss, [guide.loc, guide.scale_raw])]  # q = p
             [0.0, 0.0]
