@@ -95,7 +95,10 @@ class PathDerivative(TorchDistribution):
         >>> lq = q.log_prob(u)
         >>> bool(torch.allclose(lq, dist.Normal(0.0, 1.0).log_prob(u).sum(-1)))
         True
-        >>> torch.autograd.grad(lq, loc)[0]  # exactly zero: the score term is gone
+        >>> path = torch.autograd.grad(lq, loc)[0]  # the path term only: grad_u log q(u) * du/dloc
+        >>> bool(torch.allclose(path, -(u - loc).detach()))
+        True
+        >>> torch.autograd.grad(q.posterior.log_prob(u), loc)[0]  # path + score terms cancel here
         tensor([0., 0.])
     """
 
