@@ -59,3 +59,13 @@ def test_amortized_stability_script(script, tmp_path):
     assert [r["family"] for r in report["rows"]] == ["none"]
     assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
     assert "| none | 0/1" in (tmp_path / "amortized_stability.md").read_text()
+
+
+def test_estimators_script(script, tmp_path):
+    mod = script("estimators")
+    args = mod["parse_args"](["--reps", "4", "--families", "none", "--particles", "3", "--settings", "near",
+                              "--out", str(tmp_path)])
+    report = mod["main"](args)
+    assert [(r["estimator"], r["num_particles"]) for r in report["rows"]] == [("STL", 1), ("DReG", 3)]
+    assert all(r["var_estimator"] >= 0 and r["var_baseline"] > 0 for r in report["rows"])
+    assert "| none | near | STL vs Trace_ELBO | 1 |" in (tmp_path / "estimators.md").read_text()

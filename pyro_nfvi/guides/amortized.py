@@ -15,6 +15,7 @@ from .auto import AutoFlowGuide
 from .base import FlowGuide, check_flow_family, jsonable
 from .encoder_input import InputStandardizer, as_float_input, call_encoder_input, observed_inputs
 from .observed import per_point, read_argument
+from .path import path_posterior
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
 __all__ = ["AmortizedFlowGuide"]
@@ -433,7 +434,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
             x = rows(indices)
             x = x.reshape(x.shape[:1] + ones + x.shape[1:])
             stack = self.flow_stack  # one read: each read of a PyroModule attribute emits param messages
-            q = self.local_posterior(self._encode(x, stack), stack)
+            q = path_posterior(self, self.local_posterior(self._encode(x, stack), stack))
             z = pyro.sample(f"_{self._pyro_name}_local_latent", q, infer={"is_auxiliary": True})
             if ones:
                 z = z.reshape(z.shape[: z.dim() - 1 - len(ones)] + z.shape[-1:])

@@ -1,4 +1,5 @@
 """AutoFlowGuide: a normalizing-flow posterior over every latent site of a Pyro model."""
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
@@ -13,6 +14,7 @@ from ..nn.encoders import inverse_softplus
 from ..transforms.stack import flow as build_flow
 from ..validation import check_choice, check_int, check_positive
 from .base import FlowGuide, check_flow_family, jsonable
+from .path import path_posterior
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
 __all__ = ["AutoFlowGuide", "BASES", "STABLE_BY_DEFAULT"]
@@ -219,6 +221,12 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         latent = self.sample_latent(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
         return self._packer.emit(latent, plates)
+
+    def sample_latent(self, *args, **kwargs):
+        """Sample the packed latent at the auxiliary site (path-derivative ``log q`` inside
+        :func:`~pyro_nfvi.guides.path.path_derivative`)."""
+        posterior = path_posterior(self, self.get_posterior(*args, **kwargs))
+        return pyro.sample(f"_{self._pyro_name}_latent", posterior, infer={"is_auxiliary": True})
 
     def _unpack_latent(self, latent):
         for spec, value in self._packer.unpack(latent):

@@ -1,9 +1,13 @@
-"""Training objectives for flow guides: annealed free energy, KL warm-up and free bits.
+"""Training objectives for flow guides: annealed free energy, KL warm-up and free bits, and two
+lower-variance gradient estimators (sticking the landing, importance weighting with DReG).
 
 :class:`AnnealedELBO` is a drop-in ``loss`` for :class:`pyro.infer.SVI`; the schedules are plain
 callables ``t -> beta_t`` (:func:`rezende_mohamed`, :func:`linear_warmup`, :func:`constant`).
+:class:`STL_ELBO` and :class:`IW_ELBO` need the guides of :mod:`pyro_nfvi.guides`.
 """
 from .annealed import MODES, AnnealedELBO
+from .iw import GRADIENTS, IW_ELBO
+from .path import STL_ELBO
 from .schedules import constant, linear_warmup, rezende_mohamed
 
-__all__ = ["AnnealedELBO", "MODES", "constant", "linear_warmup", "rezende_mohamed"]
+__all__ = ["AnnealedELBO", "GRADIENTS", "IW_ELBO", "MODES", "STL_ELBO", "constant", "linear_warmup", "rezende_mohamed"]

@@ -1,0 +1,209 @@
+"""Posterior accuracy of every guide on classic Bayesian models, against NUTS reference draws.
+
+For each model of :data:`pyro_nfvi.targets.bayes.MODELS` (reference draws shipped in
+``pyro_nfvi/targets/reference``, made by ``benchmarks/nuts_reference.py``) and each guide:
+
+* Pyro's ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal``,
+  ``AutoIAFNormal`` (2 transforms) and ``AutoNormalizingFlow`` (8 planar layers), and
+  :class:`~pyro_nfvi.AutoFlowGuide` for each family at its defaults: plain ``SVI`` with
+  ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and ``Trace_ELBO(num_particles, vectorized)`` for
+  ``--steps`` steps, at every learning rate of ``--lrs``;
+* ``recipe``: the recommended guide (``RECIPE_GUIDE``) fitted by :func:`pyro_nfvi.fit` with the
+  same step budget and the same learning-rate grid (it probes the grid and keeps the best).
+
+Measured per run (guide draws against the reference, every scalar component of every site):
+max |mean error| / reference sd, max |sd ratio - 1|, PSIS k-hat and the ELBO from 2000
+importance weights, and the wall time.  A run *diverges* when a loss is not finite, or the
+second half of its losses spikes more than 1000 nats above its median.  The table shows, per
+model and guide, the divergences over all runs, and the worst accuracy over the seeds at the
+guide's best learning rate (lowest median final ELBO); NUTS's own wall time is the reference's.
+Results go to ``benchmarks/results/bayes.{json,md}``.
+
+Usage::
+
+    python benchmarks/bayes.py                                   # the full benchmark (hours)
+    python benchmarks/bayes.py --models eight_schools_noncentered --guides AutoNormal recipe --seeds 1 --steps 200
+"""
+import argparse
+import math
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import pyro
+import pyro.distributions.transforms as T
+import torch
+from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoIAFNormal,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    AutoNormalizingFlow,
+)
+
+from pyro_nfvi import AutoFlowGuide, fit
+from pyro_nfvi.evaluation.iwae import log_importance_weights
+from pyro_nfvi.evaluation.psis import pareto_khat
+from pyro_nfvi.targets.bayes import MODELS
+from pyro_nfvi.targets.reference import load_reference
+from report import write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILIES = ["planar", "radial", "householder", "iaf", "sylvester", "coupling", "none"]
+PYRO_GUIDES = {
+    "AutoNormal": AutoNormal,
+    "AutoMultivariateNormal": AutoMultivariateNormal,
+    "AutoLowRankMultivariateNormal": AutoLowRankMultivariateNormal,
+    "AutoIAFNormal": partial(AutoIAFNormal, num_transforms=2),
+    "AutoNormalizingFlow (planar)": lambda model: AutoNormalizingFlow(model, partial(T.iterated, 8, T.planar)),
+}
+#: The guide the recipe fits: the defaults of AutoFlowGuide the benchmark supports.
+RECIPE_GUIDE = {"flow": "iaf", "num_flows": 4}
+
+
+def make_guide(name, model):
+    if name in PYRO_GUIDES:
+        return PYRO_GUIDES[name](model)
+    if name == "recipe":
+        return AutoFlowGuide(model, **RECIPE_GUIDE)
+    return AutoFlowGuide(model, flow=name)
+
+
+def diverged(losses):
+    if not losses or not all(math.isfinite(v) for v in losses):
+        return True
+    late = losses[len(losses) // 2 :]
+    return max(late) > statistics.median(late) + 1000.0
+
+
+@torch.no_grad()
+def accuracy(model, guide, args, reference, num_draws):
+    """Max |mean error|/sd and max |sd ratio - 1| over every scalar component of the reference's sites."""
+    sites = sorted(reference.draws)
+    draws = Predictive(model, guide=guide, num_samples=num_draws, parallel=True, return_sites=sites)(*args)
+    mean_err = sd_err = 0.0
+    for site in sites:
+        ref = reference.draws[site].double().reshape(reference.draws[site].shape[0], -1)
+        q = draws[site].double().reshape(num_draws, -1)
+        if q.shape[1] != ref.shape[1]:
+            raise ValueError(f"site {site!r}: the guide's draws have {q.shape[1]} components, the reference {ref.shape[1]}")
+        sd = ref.std(0)
+        mean_err = max(mean_err, ((q.mean(0) - ref.mean(0)).abs() / sd).max().item())
+        sd_err = max(sd_err, ((q.std(0) / sd) - 1).abs().max().item())
+    return mean_err, sd_err
+
+
+def run(model_name, guide_name, lr, seed, args):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model, model_args = MODELS[model_name]()
+    guide = make_guide(guide_name, model)
+    row = {"model": model_name, "guide": guide_name, "lr": lr, "seed": seed}
+    start = time.perf_counter()
+    if guide_name == "recipe":
+        result = fit(model, guide, *model_args, num_steps=args.steps, lrs=tuple(args.lrs), num_particles=args.particles,
+                     estimator=args.estimator, progress=False)
+        losses = result.losses
+        row.update(lr=result.lr, probe_scores={str(k): v for k, v in result.probe_scores.items()},
+                   rollbacks=result.rollbacks, warm_start_steps=len(result.warm_start_losses))
+    else:
+        svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": lr, "clip_norm": 10.0}),
+                  Trace_ELBO(num_particles=args.particles, vectorize_particles=True))
+        losses = []
+        for _ in range(args.steps):
+            losses.append(svi.step(*model_args))
+            if not math.isfinite(losses[-1]):
+                break
+    row["seconds"] = time.perf_counter() - start
+    row["diverged"] = diverged(losses)
+    tail = losses[-min(200, len(losses)):]
+    row["final_loss"] = sum(tail) / len(tail)
+    row.update(mean_err=math.inf, sd_err=math.inf, khat=math.inf, elbo=-math.inf)
+    if not row["diverged"]:
+        try:
+            row["mean_err"], row["sd_err"] = accuracy(model, guide, model_args, load_reference(model_name), args.draws)
+            with torch.no_grad():
+                lw = log_importance_weights(model, guide, *model_args, num_samples=args.draws, plate=False)
+            row["khat"] = float(pareto_khat(lw.double()))
+            row["elbo"] = float(lw.mean())
+        except (ValueError, RuntimeError) as error:  # a guide that fails to evaluate counts as diverged
+            row["diverged"], row["error"] = True, str(error).splitlines()[0]
+    return row
+
+
+def summarize(rows, model_name, guide_name):
+    sel = [r for r in rows if r["model"] == model_name and r["guide"] == guide_name]
+    by_lr = {}
+    for r in sel:
+        by_lr.setdefault(r["lr"], []).append(r)
+    ok = {lr: rs for lr, rs in by_lr.items() if not any(r["diverged"] for r in rs)}
+    pool = ok or by_lr
+    best_lr = min(pool, key=lambda lr: statistics.median(r["final_loss"] for r in pool[lr]))
+    best = pool[best_lr]
+    return {
+        "divergences": f"{sum(r['diverged'] for r in sel)}/{len(sel)}",
+        "lr": best_lr,
+        "mean_err": max(r["mean_err"] for r in best),
+        "sd_err": max(r["sd_err"] for r in best),
+        "khat": max(r["khat"] for r in best),
+        "elbo": statistics.median(r["elbo"] for r in best),
+        "seconds": statistics.median(r["seconds"] for r in best),
+    }
+
+
+def main(args):
+    models = args.models or list(MODELS)
+    guides = args.guides or (list(PYRO_GUIDES) + FAMILIES + ["recipe"])
+    rows = []
+    for model_name in models:
+        for guide_name in guides:
+            lrs = [None] if guide_name == "recipe" else args.lrs
+            for lr in lrs:
+                for seed in range(args.seeds):
+                    row = run(model_name, guide_name, lr, seed, args)
+                    rows.append(row)
+                    print(f"{model_name:26s} {guide_name:30s} lr={row['lr']!s:7s} seed={seed} div={row['diverged']} "
+                          f"mean_err={row['mean_err']:.3g} sd_err={row['sd_err']:.3g} khat={row['khat']:.2f} "
+                          f"elbo={row['elbo']:.2f} ({row['seconds']:.1f} s)", flush=True)
+    command = (f"python benchmarks/bayes.py --seeds {args.seeds} --steps {args.steps} --particles {args.particles} "
+               f"--lrs {' '.join(map(str, args.lrs))} --estimator {args.estimator}"
+               + (f" --models {' '.join(models)}" if args.models else "")
+               + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
+    intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
+             f"the recipe: {args.seeds} seeds, it picks its learning rate), then at the best learning rate the worst over "
+             "seeds of max |mean error| / reference sd, max |sd ratio - 1| and PSIS k-hat, the median ELBO and the "
+             f"median wall time of one fit ({args.steps} steps, {args.particles} particles; the recipe adds its warm "
+             "start and probes). NUTS: the wall time of the reference run (chains run one after another).")
+    table = ["| model | guide | divergences | lr | mean err (sd) | sd err | k-hat | ELBO | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model_name in models:
+        info = load_reference(model_name).info
+        nuts = info.get("nuts", {})
+        table.append(f"| {model_name} | NUTS ({info.get('source', '?')}) | {nuts.get('divergences', '-')} | - | 0 | 0 | - | - | "
+                     f"{nuts.get('seconds', float('nan')):.1f} |")
+        for guide_name in guides:
+            s = summarize(rows, model_name, guide_name)
+            table.append(f"| {model_name} | {guide_name} | {s['divergences']} | {s['lr']} | {s['mean_err']:.2f} | "
+                         f"{s['sd_err']:.2f} | {s['khat']:.2f} | {s['elbo']:.2f} | {s['seconds']:.1f} |")
+    return write_report(args.out, args.name, command, rows, "Posterior accuracy against NUTS", intro, table)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="models (default: all)")
+    parser.add_argument("--guides", nargs="+", help="guides (default: Pyro's, every family, recipe)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per guide and learning rate")
+    parser.add_argument("--steps", type=int, default=2000, help="optimisation steps per fit")
+    parser.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 1e-2], help="the learning-rate grid")
+    parser.add_argument("--estimator", default="elbo", help="the recipe's estimator (elbo, stl, dreg)")
+    parser.add_argument("--draws", type=int, default=2000, help="guide draws for the accuracy, ELBO and k-hat")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
+    parser.add_argument("--name", default="bayes", help="the report's file stem")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
