@@ -8,11 +8,12 @@ For each model of :data:`pyro_nfvi.targets.bayes.MODELS` (reference draws shippe
   :class:`~pyro_nfvi.AutoFlowGuide` for each family at its defaults: plain ``SVI`` with
   ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and ``Trace_ELBO(num_particles, vectorized)`` for
   ``--steps`` steps, at every learning rate of ``--lrs``;
-* ``recipe``: the recommended guide (``RECIPE_GUIDE``) fitted by :func:`pyro_nfvi.fit` with the
+* ``recipe``: the recommended guide (``--recipe-flow``, ``--recipe-num-flows``, ``--recipe-base``) fitted by :func:`pyro_nfvi.fit` with the
   same step budget and the same learning-rate grid (it probes the grid and keeps the best).
 
-Measured per run (guide draws against the reference, every scalar component of every site):
-max |mean error| / reference sd, max |sd ratio - 1|, PSIS k-hat and the ELBO from 2000
+Measured per run (guide draws against the reference, every scalar component of every site, on the
+unconstrained scale ``biject_to(support).inv``: log tau, not tau): max |mean error| / reference sd,
+max |sd ratio - 1|, PSIS k-hat and the ELBO from 4000
 importance weights, and the wall time.  A run *diverges* when a loss is not finite, or the
 second half of its losses spikes more than 1000 nats above its median.  The table shows, per
 model and guide, the divergences over all runs, and the worst accuracy over the seeds at the
@@ -34,7 +35,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions.transforms as T
 import torch
-from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoIAFNormal,
     AutoLowRankMultivariateNormal,
@@ -44,8 +45,7 @@ from pyro.infer.autoguide import (
 )
 
 from pyro_nfvi import AutoFlowGuide, fit
-from pyro_nfvi.evaluation.iwae import log_importance_weights
-from pyro_nfvi.evaluation.psis import pareto_khat
+from pyro_nfvi.evaluation import log_importance_weights, pareto_khat, posterior_error
 from pyro_nfvi.targets.bayes import MODELS
 from pyro_nfvi.targets.reference import load_reference
 from report import write_report
@@ -59,15 +59,13 @@ PYRO_GUIDES = {
     "AutoIAFNormal": partial(AutoIAFNormal, num_transforms=2),
     "AutoNormalizingFlow (planar)": lambda model: AutoNormalizingFlow(model, partial(T.iterated, 8, T.planar)),
 }
-#: The guide the recipe fits: the defaults of AutoFlowGuide the benchmark supports.
-RECIPE_GUIDE = {"flow": "iaf", "num_flows": 4}
 
 
-def make_guide(name, model):
+def make_guide(name, model, args):
     if name in PYRO_GUIDES:
         return PYRO_GUIDES[name](model)
     if name == "recipe":
-        return AutoFlowGuide(model, **RECIPE_GUIDE)
+        return AutoFlowGuide(model, flow=args.recipe_flow, num_flows=args.recipe_num_flows, base=args.recipe_base)
     return AutoFlowGuide(model, flow=name)
 
 
@@ -78,28 +76,11 @@ def diverged(losses):
     return max(late) > statistics.median(late) + 1000.0
 
 
-@torch.no_grad()
-def accuracy(model, guide, args, reference, num_draws):
-    """Max |mean error|/sd and max |sd ratio - 1| over every scalar component of the reference's sites."""
-    sites = sorted(reference.draws)
-    draws = Predictive(model, guide=guide, num_samples=num_draws, parallel=True, return_sites=sites)(*args)
-    mean_err = sd_err = 0.0
-    for site in sites:
-        ref = reference.draws[site].double().reshape(reference.draws[site].shape[0], -1)
-        q = draws[site].double().reshape(num_draws, -1)
-        if q.shape[1] != ref.shape[1]:
-            raise ValueError(f"site {site!r}: the guide's draws have {q.shape[1]} components, the reference {ref.shape[1]}")
-        sd = ref.std(0)
-        mean_err = max(mean_err, ((q.mean(0) - ref.mean(0)).abs() / sd).max().item())
-        sd_err = max(sd_err, ((q.std(0) / sd) - 1).abs().max().item())
-    return mean_err, sd_err
-
-
 def run(model_name, guide_name, lr, seed, args):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model, model_args = MODELS[model_name]()
-    guide = make_guide(guide_name, model)
+    guide = make_guide(guide_name, model, args)
     row = {"model": model_name, "guide": guide_name, "lr": lr, "seed": seed}
     start = time.perf_counter()
     if guide_name == "recipe":
@@ -123,7 +104,8 @@ def run(model_name, guide_name, lr, seed, args):
     row.update(mean_err=math.inf, sd_err=math.inf, khat=math.inf, elbo=-math.inf)
     if not row["diverged"]:
         try:
-            row["mean_err"], row["sd_err"] = accuracy(model, guide, model_args, load_reference(model_name), args.draws)
+            err = posterior_error(model, guide, *model_args, reference=load_reference(model_name).draws, num_samples=args.draws)
+            row["mean_err"], row["sd_err"] = err.mean, err.sd
             with torch.no_grad():
                 lw = log_importance_weights(model, guide, *model_args, num_samples=args.draws, plate=False)
             row["khat"] = float(pareto_khat(lw.double()))
@@ -160,19 +142,21 @@ def main(args):
     for model_name in models:
         for guide_name in guides:
             lrs = [None] if guide_name == "recipe" else args.lrs
+            seeds = args.recipe_seeds if guide_name == "recipe" else args.seeds
             for lr in lrs:
-                for seed in range(args.seeds):
+                for seed in range(seeds):
                     row = run(model_name, guide_name, lr, seed, args)
                     rows.append(row)
                     print(f"{model_name:26s} {guide_name:30s} lr={row['lr']!s:7s} seed={seed} div={row['diverged']} "
                           f"mean_err={row['mean_err']:.3g} sd_err={row['sd_err']:.3g} khat={row['khat']:.2f} "
                           f"elbo={row['elbo']:.2f} ({row['seconds']:.1f} s)", flush=True)
-    command = (f"python benchmarks/bayes.py --seeds {args.seeds} --steps {args.steps} --particles {args.particles} "
-               f"--lrs {' '.join(map(str, args.lrs))} --estimator {args.estimator}"
+    command = (f"python benchmarks/bayes.py --seeds {args.seeds} --recipe-seeds {args.recipe_seeds} --steps {args.steps} --particles {args.particles} "
+               f"--lrs {' '.join(map(str, args.lrs))} --estimator {args.estimator} --recipe-flow {args.recipe_flow} "
+               f"--recipe-num-flows {args.recipe_num_flows} --recipe-base {args.recipe_base}"
                + (f" --models {' '.join(models)}" if args.models else "")
                + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
     intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
-             f"the recipe: {args.seeds} seeds, it picks its learning rate), then at the best learning rate the worst over "
+             f"the recipe: {args.recipe_seeds} seeds, it picks its learning rate), then at the best learning rate the worst over "
              "seeds of max |mean error| / reference sd, max |sd ratio - 1| and PSIS k-hat, the median ELBO and the "
              f"median wall time of one fit ({args.steps} steps, {args.particles} particles; the recipe adds its warm "
              "start and probes). NUTS: the wall time of the reference run (chains run one after another).")
@@ -195,11 +179,15 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="models (default: all)")
     parser.add_argument("--guides", nargs="+", help="guides (default: Pyro's, every family, recipe)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per guide and learning rate")
+    parser.add_argument("--recipe-seeds", type=int, default=5, help="seeds of the recipe")
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps per fit")
     parser.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 1e-2], help="the learning-rate grid")
     parser.add_argument("--estimator", default="elbo", help="the recipe's estimator (elbo, stl, dreg)")
-    parser.add_argument("--draws", type=int, default=2000, help="guide draws for the accuracy, ELBO and k-hat")
+    parser.add_argument("--recipe-flow", default="iaf", help="the recipe's flow family")
+    parser.add_argument("--recipe-num-flows", type=int, default=4, help="the recipe's number of layers")
+    parser.add_argument("--recipe-base", default="diagonal", help="the recipe's base: diagonal or full")
+    parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     parser.add_argument("--name", default="bayes", help="the report's file stem")
     return parser.parse_args(argv)

@@ -6,19 +6,24 @@ Subcommands, each a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> ex
   :class:`~pyro_nfvi.guides.AutoFlowGuide` trained by :class:`~pyro_nfvi.guides.FastSVI` on the
   annealed free energy (:func:`pyro_nfvi.targets.fit_energy`), and print the fitted bound, the grid
   log Z and their gap (an estimate of KL(q || p)).  Exit status 1 if the fit diverges (the message
-  names the learning rate), 2 for a bad argument.
+  names the learning rate), 2 for a bad argument (an unwritable ``--plot`` path is refused before
+  the fit), 130 after Ctrl-C (a one-line message, no traceback).
 
 Planned (not yet implemented): ``energy`` (the U1-U4 sweep of ``examples/energy.py`` through the flow
 guides), ``vae`` (a flow-VAE on the shipped binarized MNIST) and ``fit`` (a flow guide for a user
 model).  Add each as another ``_add_*``/``_run_*`` pair registered in :func:`build_parser`.
 """
 import argparse
+import os
 import sys
 
 from .targets import ENERGIES
 from .transforms import FAMILIES
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "EXIT_INTERRUPTED"]
+
+#: Exit status after Ctrl-C (``KeyboardInterrupt``): 128 + SIGINT, as a shell reports it.
+EXIT_INTERRUPTED = 130
 
 
 def _positive_int(text):
@@ -61,9 +66,22 @@ def _add_demo(subparsers):
     return p
 
 
+def _check_output_path(option, path):
+    """Raise a ``ValueError`` unless ``path`` can be written (checked before a long fit, not after)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {folder} is not writable; choose another path")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name such as {os.path.join(path, 'demo.png')}")
+
+
 def _run_demo(args):
     from .targets import fit_energy, plot_energy_fits
 
+    if args.plot:
+        _check_output_path("--plot", args.plot)
     steps = args.steps
     anneal_steps = int(round(args.anneal * steps))
     schedule = f"beta_t = 0.01 + 0.99 min(1, t/{anneal_steps})" if anneal_steps > 0 else "beta = 1"
@@ -140,6 +158,10 @@ def main(argv=None):
         return args.run(args)
     except ValueError as err:
         parser.exit(2, f"nfvi {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        # Ctrl-C: a short message and the shell's status for SIGINT (128 + 2), not a traceback
+        print(f"\nnfvi {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

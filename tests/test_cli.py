@@ -75,3 +75,29 @@ def test_python_dash_m():
     )
     assert proc.returncode == 0, proc.stderr
     assert math.isfinite(_value("fitted bound", proc.stdout))
+
+
+def test_demo_plot_to_a_missing_folder_fails_before_the_fit(capsys, monkeypatch):
+    # used to fail with a traceback after the whole fit
+    import pyro_nfvi.targets
+
+    def no_fit(**kwargs):
+        raise AssertionError("the fit ran although --plot cannot be written")
+
+    monkeypatch.setattr(pyro_nfvi.targets, "fit_energy", no_fit)
+    with pytest.raises(SystemExit) as err:
+        main(["demo", "--plot", "/missing/x.png", "--quiet"])
+    assert err.value.code == 2
+    assert re.search(r"--plot /missing/x.png: the folder /missing does not exist", capsys.readouterr().err)
+
+
+def test_ctrl_c_exits_130_with_a_short_message(capsys, monkeypatch):
+    import pyro_nfvi.targets
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyro_nfvi.targets, "fit_energy", interrupted)
+    assert main(["demo", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "nfvi demo: interrupted" and "Traceback" not in err

@@ -15,6 +15,7 @@ import arviz as az
 import numpy as np
 import torch
 from pyro.distributions import Unit
+from pyro.distributions.torch_distribution import MaskedDistribution
 from scipy.special import logsumexp
 
 from ..evaluation.model_kwargs import check_model_kwargs
@@ -30,7 +31,7 @@ from ..evaluation.traces import (
 
 from ..validation import check_choice, check_int
 
-__all__ = ["loo", "to_inference_data"]
+__all__ = ["loo", "to_inference_data", "OBSERVED_MASK"]
 
 _SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
 
@@ -79,6 +80,17 @@ def _deterministic_value(value, num_samples, depth):
     return value.expand((num_samples,) + (1,) * depth + value.shape), value.dim()
 
 
+def _site_mask(site):
+    """The observed-points mask of a site (``poutine.mask`` and ``Distribution.mask``), or ``None``."""
+    fn = site["fn"]
+    masks = (site["mask"], fn._mask if isinstance(fn, MaskedDistribution) else None)
+    masks = [torch.as_tensor(m, dtype=torch.bool) for m in masks if m is not None and m is not True]
+    if not masks:
+        return None
+    mask = masks[0] if len(masks) == 1 else masks[0] & masks[1]
+    return mask.expand(fn.batch_shape)
+
+
 def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwargs):
     r"""Draw ``num_samples`` times from ``guide`` and return an ``arviz.InferenceData`` (one chain).
 
@@ -89,7 +101,8 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
       dims named after its plates (coords ``0..size-1``) and ``{site}_dim_{k}`` for event dims;
     * ``posterior_predictive``: one draw of each observed site from the likelihood at each draw;
     * ``log_likelihood``: per observed site, :math:`\log p(y_i \mid \theta_s)` per data point (event
-      dims summed, plate dims kept, mask applied);
+      dims summed, plate dims kept, mask applied: masked points hold 0 and are marked in the
+      variable's ``attrs["observed_mask"]``, which :func:`loo` reads);
     * ``observed_data``: the observed values;
     * ``sample_stats``: ``log_weight`` = :math:`\log p(y, \theta_s) - \log q(\theta_s)` per draw (per draw
       and data point when a data plate is known and every site lies in it; joint otherwise, unless
@@ -139,6 +152,7 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
             plate = None  # guide.plate, but the model has global sites: joint weights
             log_weight = log_weights_from_traces(model_trace, guide_trace, depth, plate)
         posterior, predictive, loglik, observed, dims, coords = {}, {}, {}, {}, {}, {}
+        masks = {}
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
@@ -163,6 +177,9 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
             observed[name] = value.detach().cpu().numpy().reshape(predictive[name].shape[2:])
             lp = site_log_prob(site, scaled=False).expand(fn.batch_shape)
             loglik[name], _ = _draws(site, lp, depth, 0, coords)
+            mask = _site_mask(site)
+            if mask is not None and not bool(mask.all()):
+                masks[name] = _draws(site, mask.to(lp.dtype), depth, 0, coords)[0][0, 0]
     if num_samples >= MIN_PSIS_DRAWS:
         khat = pareto_khat(log_weight).numpy()
     else:  # too few draws for a tail fit: arviz's convention, k-hat = inf
@@ -170,7 +187,7 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
     khat = float(khat) if khat.ndim == 0 else khat.astype(np.float64)
     if plate is not None:
         dims["log_weight"] = [plate]
-    return az.from_dict(
+    idata = az.from_dict(
         posterior=posterior,
         posterior_predictive=predictive or None,
         log_likelihood=loglik or None,
@@ -181,6 +198,15 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
         sample_stats_attrs={"khat": khat, "num_samples": num_samples},
         attrs={"inference_library": "pyro_nfvi"},
     )
+    for name, mask in masks.items():  # which points are observed (flattened in C order); see loo
+        idata.log_likelihood[name].attrs[OBSERVED_MASK] = mask.astype(np.int8).ravel()
+    return idata
+
+
+#: Attribute of a ``log_likelihood`` variable: 1 where a data point is observed, 0 where ``obs_mask``
+#: (or ``poutine.mask``) masked it out, flattened in C order over its data dims.  Set by
+#: :func:`to_inference_data` only when some point is masked; :func:`loo` skips the masked points.
+OBSERVED_MASK = "observed_mask"
 
 
 def _log_likelihood(idata, var_name):
@@ -243,11 +269,22 @@ def loo(idata, var_name=None, reff=1.0, pointwise=True, scale="log"):
     check_choice("scale", scale, _SCALES)
     if "sample_stats" not in idata.groups() or "log_weight" not in idata.sample_stats:
         raise TypeError("loo: idata needs sample_stats.log_weight (build it with to_inference_data)")
-    ll = _log_likelihood(idata, var_name).stack(__sample__=("chain", "draw"))
+    ll = _log_likelihood(idata, var_name)
+    mask = ll.attrs.get(OBSERVED_MASK)
+    ll = ll.stack(__sample__=("chain", "draw"))
     obs_dims = [d for d in ll.dims if d != "__sample__"]
     ll = ll.stack(__obs__=obs_dims) if obs_dims else ll.expand_dims("__obs__")
     ll = ll.transpose("__obs__", "__sample__")
-    ll_np = ll.values.astype(np.float64)
+    ll_all = ll.values.astype(np.float64)
+    keep = np.ones(ll_all.shape[0], dtype=bool) if mask is None else np.asarray(mask).astype(bool).ravel()
+    if keep.shape != (ll_all.shape[0],):
+        raise ValueError(
+            f"loo: the log likelihood's {OBSERVED_MASK!r} attribute has {keep.size} entries for "
+            f"{ll_all.shape[0]} data points; rebuild idata with to_inference_data"
+        )
+    if not keep.any():
+        raise ValueError("loo: every data point of the log likelihood is masked (obs_mask); nothing to score")
+    ll_np = ll_all[keep]  # masked observations are no data points (their log likelihood is a 0 placeholder)
     lw = idata.sample_stats["log_weight"]
     lw = lw.sum([d for d in lw.dims if d not in ("chain", "draw")]).stack(__sample__=("chain", "draw"))
     lw_np = lw.values.astype(np.float64)
@@ -269,8 +306,12 @@ def loo(idata, var_name=None, reff=1.0, pointwise=True, scale="log"):
     index = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning"]
     if pointwise:
         template = ll.isel(__sample__=0, drop=True)
-        loo_da = template.copy(data=scale_value * loo_i).rename("loo_i")
-        k_da = template.copy(data=pareto_k).rename("pareto_shape")
+        loo_full = np.full(keep.shape, np.nan)
+        loo_full[keep] = scale_value * loo_i
+        k_full = np.full(keep.shape, np.nan)
+        k_full[keep] = pareto_k
+        loo_da = template.copy(data=loo_full).rename("loo_i")
+        k_da = template.copy(data=k_full).rename("pareto_shape")
         if obs_dims:
             loo_da, k_da = loo_da.unstack("__obs__"), k_da.unstack("__obs__")
         else:

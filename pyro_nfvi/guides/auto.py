@@ -14,6 +14,7 @@ from ..nn.encoders import inverse_softplus
 from ..transforms.stack import flow as build_flow
 from ..validation import check_choice, check_int, check_positive
 from .base import FlowGuide, check_flow_family, jsonable
+from .minibatch import MinibatchCheck
 from .path import path_posterior
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
@@ -218,6 +219,11 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def forward(self, *args, **kwargs):
         """Sample every latent site (constrained) given the model's ``*args, **kwargs``."""
         self._ensure_setup(args, kwargs)
+        check = self.__dict__.get("_minibatch_check")  # warns if minibatches come without a subsampled plate
+        if check is None:
+            self.__dict__["_minibatch_check"] = MinibatchCheck(self.model, args, kwargs, type(self).__name__)
+        else:
+            check(args, kwargs)
         latent = self.sample_latent(*args, **kwargs)
         plates = self._create_plates(*args, **kwargs)
         return self._packer.emit(latent, plates)

@@ -31,6 +31,7 @@ from pyro.infer import JitTrace_ELBO, Trace_ELBO
 from pyro.nn.module import PyroModule
 
 from ..validation import check_int, check_positive
+from .guard import DEFAULT_MAX_SKIPS, NonFiniteGuard
 
 __all__ = ["FastSVI", "fit_fast"]
 
@@ -76,6 +77,11 @@ class FastSVI:
         optimizer (callable): ``optimizer(params) -> torch.optim.Optimizer``; default Adam with ``lr`` (``fused=True`` where available).
         lr (float): learning rate of the default Adam.
         clip_norm (float or None): clip the global gradient norm before each update.
+        max_skips (int or None): a step whose loss or a gradient is NaN/inf is skipped (parameters
+            and optimizer state unchanged); after this many consecutive skips a
+            ``FloatingPointError`` names the step, the parameter and its flow layer
+            (:class:`~pyro_nfvi.guides.guard.NonFiniteGuard`).  ``None`` never raises.
+        guard (bool): ``False`` turns the check off (every step is applied, as before).
 
     Example:
         >>> import pyro.distributions as dist
@@ -90,7 +96,8 @@ class FastSVI:
         (3, True)
     """
 
-    def __init__(self, model, guide, loss=None, optimizer=None, lr=1e-3, clip_norm=None):
+    def __init__(self, model, guide, loss=None, optimizer=None, lr=1e-3, clip_norm=None,
+                 max_skips=DEFAULT_MAX_SKIPS, guard=True):
         lr = check_positive("lr", lr)
         if clip_norm is not None:
             clip_norm = check_positive("clip_norm", clip_norm)
@@ -108,6 +115,10 @@ class FastSVI:
         self._make_optimizer = optimizer or (lambda params: _adam(params, lr))
         self.optimizer = None
         self.clip_norm = clip_norm
+        if not isinstance(guard, bool):
+            raise TypeError(f"guard must be True or False, got {guard!r}")
+        self.guard = NonFiniteGuard(max_skips, module=self.loss_fn) if guard else None
+        self._named = None
 
     def parameters(self):
         """The parameters being optimized (those of the model and guide modules)."""
@@ -117,7 +128,8 @@ class FastSVI:
         """Take one gradient step on a fresh ELBO estimate; return the loss as a float.
 
         An objective with a step counter (``advance()``, e.g. :class:`~pyro_nfvi.objectives.AnnealedELBO`)
-        is advanced once per step, as ``SVI.step`` does through ``loss_and_grads``.
+        is advanced once per step, as ``SVI.step`` does through ``loss_and_grads``.  A step whose
+        loss or a gradient is not finite is skipped (see ``max_skips``); the loss is still returned.
         """
         loss = self.loss_fn(*args, **kwargs)
         if self.optimizer is None:
@@ -125,15 +137,22 @@ class FastSVI:
             if not params:
                 raise ValueError("FastSVI found no parameters in the model and guide modules")
             self.optimizer = self._make_optimizer(params)
+            self._named = [(n, p) for n, p in self.loss_fn.named_parameters() if p.requires_grad]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.guard is not None and not self.guard.check(loss.detach(), self._named):
+            self.optimizer.zero_grad(set_to_none=True)  # skipped: parameters and state untouched
+        else:
+            self._update()
+        advance = getattr(self.loss, "advance", None)
+        if callable(advance):
+            advance()  # as SVI, whose objective advances whether or not the step is applied
+        return loss.item()
+
+    def _update(self):
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.clip_norm)
         self.optimizer.step()
-        advance = getattr(self.loss, "advance", None)
-        if callable(advance):
-            advance()
-        return loss.item()
 
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs):

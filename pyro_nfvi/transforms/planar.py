@@ -35,12 +35,30 @@ def planar_uhat(u, w):
         >>> bool((uhat * w).sum() > -1)
         True
     """
-    wu = (w * u).sum(-1, keepdim=True)
-    w2 = (w * w).sum(-1, keepdim=True)
-    m = torch.nn.functional.softplus(wu + PLANAR_SHIFT) - 1.0
-    nonzero = w2 > 0
-    coef = torch.where(nonzero, (m - wu) / torch.where(nonzero, w2, torch.ones_like(w2)), torch.zeros_like(w2))
-    return u + coef * w, wu.squeeze(-1)
+    # Written with the unit vector e = w / |w| and the projection e.u (bounded by |u|), so that no
+    # product |w| |u| is formed where it is not needed: with |w| |u| beyond the dtype's range (3e38
+    # in float32) w.u overflows, but the correction (m(w.u) - w.u) / |w| stays finite.
+    scale = w.abs().amax(-1, keepdim=True)
+    nonzero = scale > 0
+    one = torch.ones_like(scale)
+    ws = w / torch.where(nonzero, scale, one)
+    nws = torch.sqrt(torch.where(nonzero, (ws * ws).sum(-1, keepdim=True), one))
+    e = ws / nws
+    nw = torch.where(nonzero, scale * nws, one)
+    proj = (e * u).sum(-1, keepdim=True)
+    wu = nw * proj
+    pos = wu > 0
+    # m(a) - a = log(e-1) - 1 + softplus(-a - log(e-1)) for a > 0 (exact, no cancellation, bounded);
+    # for a <= 0, (m(a) - a) / |w| = (softplus(a + log(e-1)) - 1) / |w| - e.u
+    wu_pos = torch.where(pos, wu, torch.zeros_like(wu))
+    wu_neg = torch.where(pos, torch.zeros_like(wu), wu)
+    coef_pos = (PLANAR_SHIFT - 1.0 + torch.nn.functional.softplus(-wu_pos - PLANAR_SHIFT)) / nw
+    coef_neg = (torch.nn.functional.softplus(wu_neg + PLANAR_SHIFT) - 1.0) / nw - proj
+    coef = torch.where(nonzero, torch.where(pos, coef_pos, coef_neg), torch.zeros_like(wu))
+    # w.u itself (for the log-det) is clamped to the dtype's range: where it overflows, w.u-hat
+    # ~ w.u is so large that the log-det is dominated by it only on a slab of width ~1/|w|.
+    big = torch.finfo(wu.dtype).max
+    return u + coef * e, torch.clamp(wu, -big, big).squeeze(-1)
 
 
 def planar_log_det(a, wu):

@@ -56,12 +56,14 @@ def radial_beta(alpha, beta_raw):
 
 def _safe_norm(d):
     """``|d|`` over the last dimension: rescaled by ``max_i |d_i|`` (no underflow or overflow of
-    ``|d|^2``) and guarded so that the gradient at ``d = 0`` is 0, not NaN."""
+    ``|d|^2``) and guarded so that the gradient at ``d = 0`` is 0, not NaN.  A non-finite ``d``
+    gives ``max_i |d_i|`` (NaN or inf), never 0."""
     m = d.abs().amax(-1)
-    pos = m > 0
+    pos = (m > 0) & torch.isfinite(m)
     m_safe = torch.where(pos, m, torch.ones_like(m))
     sq = ((d / m_safe.unsqueeze(-1)) ** 2).sum(-1)
-    return torch.where(pos, m_safe * torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(m))
+    norm = torch.where(pos, m_safe * torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(m))
+    return torch.where(torch.isfinite(m), norm, m)
 
 
 def radial_log_det(r, alpha, s, log_alpha, log_s, dim):
@@ -107,7 +109,9 @@ def radial_log_det(r, alpha, s, log_alpha, log_s, dim):
     terms = torch.broadcast_tensors(log_alpha + log_s, _LOG2 + log_alpha + log_r, 2.0 * log_r)
     log_c = torch.logsumexp(torch.stack(terms), dim=0)
     log_space = (dim - 1) * (log_sr - log_ar) + log_c - 2.0 * log_ar
-    return torch.where(direct, log_direct, log_space)
+    out = torch.where(direct, log_direct, log_space)
+    # a non-finite radius (NaN or inf input, or a NaN centre) gives NaN, never a plausible 0
+    return torch.where(torch.isfinite(r), out, torch.full_like(out, math.nan))
 
 
 class Radial(FlowModule):

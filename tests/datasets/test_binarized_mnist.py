@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pyro_nfvi.datasets import SPLIT_SIZES, BinarizedMNIST, load_binarized_mnist
+from pyro_nfvi.datasets.mnist import default_path
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +45,19 @@ def test_fake_file_via_path(tmp_path):
         bits[name], arrays[name] = _packed(n, i)
     path = tmp_path / "fake.npz"
     np.savez(path, **arrays)
-    data = load_binarized_mnist(path=path)
+    data = load_binarized_mnist(path=path, sizes=None)
     for name in ("train", "valid", "test"):
         assert torch.equal(getattr(data, name), torch.from_numpy(bits[name]).float())
-    assert load_binarized_mnist("valid", path=str(path)).shape == (3, 784)
+    assert load_binarized_mnist("valid", path=str(path), sizes=None).shape == (3, 784)
 
 
 def test_missing_array_is_named(tmp_path):
     path = tmp_path / "nokey.npz"
     np.savez(path, train=_packed(2, 0)[1], test=_packed(2, 1)[1])
     with pytest.raises(ValueError, match="valid"):
-        load_binarized_mnist(path=path)
+        load_binarized_mnist(path=path, sizes=None)
     # a split that is present still loads
-    assert load_binarized_mnist("train", path=path).shape == (2, 784)
+    assert load_binarized_mnist("train", path=path, sizes=None).shape == (2, 784)
 
 
 def test_wrong_shape_and_dtype_are_named(tmp_path):
@@ -64,11 +65,11 @@ def test_wrong_shape_and_dtype_are_named(tmp_path):
     path = tmp_path / "shape.npz"
     np.savez(path, train=good, valid=good[:, :50], test=good)
     with pytest.raises(ValueError, match=r"'valid'.*\(2, 50\)"):
-        load_binarized_mnist(path=path)
+        load_binarized_mnist(path=path, sizes=None)
     path = tmp_path / "dtype.npz"
     np.savez(path, train=good.astype(np.float32), valid=good, test=good)
     with pytest.raises(ValueError, match="'train'.*uint8"):
-        load_binarized_mnist(path=path)
+        load_binarized_mnist(path=path, sizes=None)
 
 
 def test_corrupt_and_missing_files(tmp_path):
@@ -85,3 +86,32 @@ def test_bad_arguments():
         load_binarized_mnist("validation")
     with pytest.raises(TypeError, match="dtype"):
         load_binarized_mnist("test", dtype="float32")
+
+
+def test_truncated_copy_of_the_shipped_file_is_refused(tmp_path):
+    # a valid .npz cut to 10 test rows used to load as if it were the shipped data
+    with np.load(str(default_path())) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["test"] = arrays["test"][:10]
+    path = tmp_path / "cut.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"'test' in .*cut.npz has 10 images, expected 10000.*sizes=None"):
+        load_binarized_mnist(path=path)
+    with pytest.raises(ValueError, match="has 10 images, expected 10000"):
+        load_binarized_mnist("test", path=path)
+    assert load_binarized_mnist("test", path=path, sizes=None).shape == (10, 784)  # asked for
+    assert load_binarized_mnist("valid", path=path).shape == (10000, 784)  # an intact split loads
+    with pytest.raises(TypeError, match="sizes must be None or a dict"):
+        load_binarized_mnist(sizes=10)
+
+
+def test_text_and_npy_files_get_a_clear_error(tmp_path):
+    text = tmp_path / "mnist.txt"
+    text.write_text("0 1 0 1\n1 0 1 0\n")
+    with pytest.raises(ValueError, match=r"mnist.txt is not an .npz file.*'train', 'valid', 'test'") as info:
+        load_binarized_mnist(path=text)
+    assert "pickle" not in str(info.value)  # numpy's advice to load pickles unsafely is not repeated
+    npy = tmp_path / "train.npy"
+    np.save(npy, _packed(3, 0)[1])
+    with pytest.raises(ValueError, match=r"train.npy holds a single array.*\.npz archive"):
+        load_binarized_mnist(path=npy)

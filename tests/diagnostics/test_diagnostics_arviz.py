@@ -270,3 +270,37 @@ def test_few_draws_typos_and_bad_scale():
     match = r"unknown scale='nats'; expected one of \['log', 'negative_log', 'deviance'\]"
     with pytest.raises(ValueError, match=match):
         loo(enough, scale="nats")
+
+
+@pytest.mark.parametrize("how", ["Distribution.mask", "poutine.mask"])
+def test_loo_does_not_count_masked_observations(how):
+    # 10 of 20 points masked used to give n_data_points=20 and an se from 20 values, 10 of them 0
+    y = torch.linspace(-1.0, 2.0, 20)
+    mask = torch.arange(20) < 10
+
+    def masked(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("obs", len(y)):
+            if how == "poutine.mask":
+                with pyro.poutine.mask(mask=mask):
+                    pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+            else:
+                pyro.sample("y", dist.Normal(mu, 1.0).mask(mask), obs=y)
+
+    def first_ten(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("obs", 10):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[:10])
+
+    def guide(y):
+        pyro.sample("mu", dist.Normal(y[:10].sum() / 11, 11**-0.5))
+
+    pyro.set_rng_seed(3)
+    res = loo(to_inference_data(masked, guide, y, num_samples=500))
+    pyro.set_rng_seed(3)
+    ref = loo(to_inference_data(first_ten, guide, y, num_samples=500))
+    assert res.n_data_points == 10
+    assert res.elpd_loo == pytest.approx(ref.elpd_loo, rel=1e-6)  # float32 log weights
+    assert res.se == pytest.approx(ref.se, rel=1e-6)
+    assert np.isnan(res.loo_i.values[10:]).all() and np.isnan(res.pareto_k.values[10:]).all()
+    assert np.allclose(res.loo_i.values[:10], ref.loo_i.values, rtol=1e-6)

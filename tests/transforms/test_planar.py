@@ -188,3 +188,18 @@ def test_amortized_planar_with_extreme_hypernet_outputs():
     ladj = t.log_abs_det_jacobian(x, y)
     assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
     assert_close(t(t.inv(y.clone())), y, atol=1e-9 * (1 + y.abs().max().item()), rtol=1e-9)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_float32_with_huge_w_times_u_matches_float64(sign):
+    # |w| |u| = 1e39 overflows float32: w.u was inf, u-hat NaN, the output NaN and the log-det inf
+    u, w, b = [sign * 1e20, 3.0, -1.0], [1e19, 2.0, 0.5], 0.3
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y64, ld64 = owned(3, u, w, b).forward_and_log_det(x)
+    y32, ld32 = owned(3, u, w, b, dtype=torch.float32).forward_and_log_det(x.float())
+    assert torch.isfinite(y32).all() and torch.isfinite(ld32).all()
+    assert_close(y32.double(), y64, rtol=1e-6, atol=1e-5)
+    assert_close(ld32.double(), ld64, rtol=1e-5, atol=1e-5)
+    uhat32, _ = planar_uhat(torch.tensor(u), torch.tensor(w))
+    uhat64, _ = planar_uhat(torch.tensor(u, dtype=torch.float64), torch.tensor(w, dtype=torch.float64))
+    assert_close(uhat32.double(), uhat64, rtol=1e-6, atol=1e-6)

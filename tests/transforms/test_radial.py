@@ -263,3 +263,21 @@ def test_float32_log_det_is_accurate_far_from_and_near_the_centre(dim):
         ld32 = flow32.forward_and_log_det(x)[1].double()
         ld64 = flow64.forward_and_log_det(x.double())[1]
         assert bool(((ld32 - ld64).abs() <= 1e-6 + 1e-6 * ld64.abs()).all()), (ld32 - ld64).abs().max()
+
+
+@pytest.mark.parametrize("where", ["nan input", "inf input", "nan centre"])
+def test_non_finite_input_or_centre_gives_a_nan_log_det(where):
+    # used to return log-det 0 (a plausible value) for [nan, 0, 0], [inf, 0, 0] or a NaN z0
+    flow = Radial(3)
+    x = torch.zeros(2, 3)
+    if where == "nan centre":
+        with torch.no_grad():
+            flow.z0[0] = math.nan
+    else:
+        x[0, 0] = math.nan if where == "nan input" else math.inf
+    y, ld = flow.forward_and_log_det(x)
+    assert torch.isnan(ld[0])
+    if where != "nan centre":
+        assert torch.isfinite(ld[1]) and torch.isfinite(y[1]).all()  # the finite row is unaffected
+    x_back, ld_inv = flow.inverse_and_log_det(x)
+    assert torch.isnan(ld_inv[0])
