@@ -41,6 +41,14 @@ def inverse_softplus(y):
     return y + math.log(-math.expm1(-y))
 
 
+def _to_weight_dtype(x, network):
+    """``x`` in the dtype of ``network``'s weights: float64 data to a float32 encoder is promoted
+    by the flows downstream instead of failing in a matrix product."""
+    for param in network.parameters():
+        return x.to(param.dtype) if x.is_floating_point() and x.dtype != param.dtype else x
+    return x
+
+
 def _activation(activation):
     if isinstance(activation, str):
         if activation not in ACTIVATIONS:
@@ -90,7 +98,7 @@ class MLP(nn.Sequential):
     def forward(self, x):
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"MLP expects input of shape (..., {self.input_dim}), got {tuple(x.shape)}")
-        return super().forward(x)
+        return super().forward(_to_weight_dtype(x, self))
 
 
 class LocScaleHead(nn.Module):
@@ -125,5 +133,5 @@ class LocScaleHead(nn.Module):
             self.linear.bias[dim:].fill_(inverse_softplus(init_scale))
 
     def forward(self, h):
-        out = self.linear(h)
+        out = self.linear(_to_weight_dtype(h, self.linear))
         return out[..., : self.dim], out[..., self.dim :]

@@ -40,6 +40,7 @@ __all__ = [
     "Hypernet",
     "broadcast_context",
     "check_batch",
+    "to_network_dtype",
 ]
 
 
@@ -52,6 +53,30 @@ def _parameter_stamp(params):
     by identity, never elementwise.
     """
     return tuple((id(p), p._version, p) for p in params if p is not None)
+
+
+def to_network_dtype(tensor, network):
+    """``tensor`` cast to the floating dtype of ``network``'s weights (unchanged if it has none).
+
+    Every network a flow feeds (hypernetworks, IAF's MADE, coupling conditioners) reads its input
+    through this, so a float64 input or context to a float32 flow is promoted the same way by every
+    family instead of failing in a matrix product ("mat1 and mat2 must have the same dtype").  The
+    flow's output then follows torch's type promotion of the input and the parameters, as for an
+    elementwise family: float64 in, float64 out.
+
+    Args:
+        tensor (Tensor): the network's input.
+        network (nn.Module): the network whose first parameter's dtype is used.
+
+    Example:
+        >>> to_network_dtype(torch.zeros(2, dtype=torch.float64), nn.Linear(2, 1)).dtype
+        torch.float32
+    """
+    for param in network.parameters():
+        if tensor.dtype != param.dtype and tensor.is_floating_point():
+            return tensor.to(param.dtype)
+        return tensor
+    return tensor
 
 
 class FlowTransform(Transform):
@@ -179,7 +204,7 @@ class Hypernet(nn.Module):
             raise ValueError(
                 f"context must have shape (..., {self.context_dim}), got {tuple(context.shape)}"
             )
-        return self.unflatten(self.head(self.trunk(context)))
+        return self.unflatten(self.head(self.trunk(to_network_dtype(context, self.head))))
 
     @property
     def is_linear(self):

@@ -10,7 +10,7 @@ from pyro.nn import DenseNN
 from torch import nn
 
 from ..validation import check_choice, check_int, check_positive
-from .base import NetworkFlowModule, broadcast_context
+from .base import NetworkFlowModule, broadcast_context, to_network_dtype
 from .hidden_sizes import hidden_sizes
 
 __all__ = ["AffineCoupling"]
@@ -121,7 +121,10 @@ class AffineCoupling(NetworkFlowModule):
             t = self.shift.expand(x_t.shape)
             raw = self.raw_scale.expand(x_t.shape) if self.form == "affine" else None
         else:
-            inp = x_i if context is None else torch.cat([x_i, context], dim=-1)
+            # read by the network in its own dtype: float64 in gives a promoted output, not an error
+            inp = to_network_dtype(x_i, self.net)
+            if context is not None:
+                inp = torch.cat([inp, to_network_dtype(context, self.net)], dim=-1)
             out = self.net(inp)
             num_t = x_t.shape[-1]
             t, raw = out[..., :num_t], (out[..., num_t:] if self.form == "affine" else None)
@@ -144,7 +147,8 @@ class AffineCoupling(NetworkFlowModule):
         if s is None:
             y_t, ladj = x_t + t, x.new_zeros(x.shape[:-1])
         else:
-            y_t, ladj = x_t * torch.exp(s) + t, s.sum(-1)
+            y_t = x_t * torch.exp(s) + t
+            ladj = s.sum(-1).to(y_t.dtype)  # promoted with the output, as in every family
         return torch.cat([x_i, y_t], dim=-1)[..., self.inv_order], ladj
 
     def _inverse(self, y, p):
@@ -153,7 +157,8 @@ class AffineCoupling(NetworkFlowModule):
         if s is None:
             x_t, ladj = y_t - t, y.new_zeros(y.shape[:-1])
         else:
-            x_t, ladj = (y_t - t) * torch.exp(-s), s.sum(-1)
+            x_t = (y_t - t) * torch.exp(-s)
+            ladj = s.sum(-1).to(x_t.dtype)
         return torch.cat([y_i, x_t], dim=-1)[..., self.inv_order], ladj
 
     def extra_repr(self):

@@ -13,7 +13,7 @@ import torch
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch.nn import functional as F
 
-from .base import NetworkFlowModule, broadcast_context
+from .base import NetworkFlowModule, broadcast_context, to_network_dtype
 from .hidden_sizes import hidden_sizes
 
 __all__ = ["IAF"]
@@ -125,9 +125,10 @@ class IAF(NetworkFlowModule):
 
     # -- maths --------------------------------------------------------------------------------
     def _net(self, x, context):
+        x = to_network_dtype(x, self.arn)  # float64 in: the output is promoted, not an error
         if context is None:
             return self.arn(x)
-        return self.arn(x, context=context)
+        return self.arn(x, context=to_network_dtype(context, self.arn))
 
     def _affine(self, x, context):
         """Return ``(shift, log sigma)`` with ``y = exp(log sigma) * x + shift``."""

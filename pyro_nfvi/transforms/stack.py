@@ -6,7 +6,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import nn
 
 from ..validation import check_choice, check_int
-from .base import FlowModule, FlowTransform
+from .base import FlowModule, FlowTransform, to_network_dtype
 from .coupling import AffineCoupling
 from .householder import Householder
 from .iaf import IAF
@@ -266,6 +266,7 @@ def _linear_heads(layers, context):
     for layer in layers:
         layer._check_context(context)
     heads = [layer.hypernet.head for layer in layers]
+    context = to_network_dtype(context, heads[0])
     flat = nn.functional.linear(context, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
     chunks = flat.split([h.out_features for h in heads], dim=-1)
     return [layer.hypernet.unflatten(chunk) for layer, chunk in zip(layers, chunks)]

@@ -103,6 +103,11 @@ def householder_product(v):
 
 
 def _matvec(a, x):
+    # matmul does not promote: a float64 input to float32 parameters is promoted here, as the
+    # elementwise families promote it
+    if a.dtype != x.dtype:
+        dtype = torch.promote_types(a.dtype, x.dtype)
+        a, x = a.to(dtype), x.to(dtype)
     return (a @ x.unsqueeze(-1)).squeeze(-1)
 
 
