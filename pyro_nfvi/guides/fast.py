@@ -31,6 +31,7 @@ from pyro.infer import JitTrace_ELBO, Trace_ELBO
 from pyro.nn.module import PyroModule
 
 from ..validation import check_int, check_positive
+from .checkpoint import load_checkpoint, save_checkpoint
 from .guard import DEFAULT_MAX_SKIPS, NonFiniteGuard
 
 __all__ = ["FastSVI", "fit_fast"]
@@ -119,6 +120,8 @@ class FastSVI:
             raise TypeError(f"guard must be True or False, got {guard!r}")
         self.guard = NonFiniteGuard(max_skips, module=self.loss_fn) if guard else None
         self._named = None
+        #: Number of completed :meth:`step` calls (saved and restored by :meth:`save`/:meth:`load`).
+        self.num_steps = 0
 
     def parameters(self):
         """The parameters being optimized (those of the model and guide modules)."""
@@ -132,12 +135,7 @@ class FastSVI:
         loss or a gradient is not finite is skipped (see ``max_skips``); the loss is still returned.
         """
         loss = self.loss_fn(*args, **kwargs)
-        if self.optimizer is None:
-            params = self.parameters()
-            if not params:
-                raise ValueError("FastSVI found no parameters in the model and guide modules")
-            self.optimizer = self._make_optimizer(params)
-            self._named = [(n, p) for n, p in self.loss_fn.named_parameters() if p.requires_grad]
+        self.make_optimizer()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.guard is not None and not self.guard.check(loss.detach(), self._named):
@@ -147,7 +145,62 @@ class FastSVI:
         advance = getattr(self.loss, "advance", None)
         if callable(advance):
             advance()  # as SVI, whose objective advances whether or not the step is applied
+        self.num_steps += 1
         return loss.item()
+
+    def make_optimizer(self):
+        """Create the optimizer now if it does not exist yet (the first :meth:`step` does it otherwise).
+
+        Needs the guide's parameters, i.e. a guide set up with ``model_args`` or called once.
+        Returns the optimizer.
+        """
+        if self.optimizer is None:
+            params = self.parameters()
+            if not params:
+                raise ValueError(
+                    "FastSVI found no parameters in the model and guide modules; build the guide with "
+                    "model_args=(...) or take a step first"
+                )
+            self.optimizer = self._make_optimizer(params)
+            self._named = [(n, p) for n, p in self.loss_fn.named_parameters() if p.requires_grad]
+        return self.optimizer
+
+    def save(self, path, extra=None):
+        """Checkpoint the run to ``path`` atomically (:func:`~pyro_nfvi.guides.checkpoint.save_checkpoint`).
+
+        Saves the guide, the model (if an ``nn.Module``), the optimizer, the objective's step
+        counter, the guard's counters, :attr:`num_steps`, the RNG states and ``extra``.
+
+        Example:
+            >>> import os, tempfile
+            >>> import pyro.distributions as dist
+            >>> from pyro_nfvi.guides import AutoFlowGuide
+            >>> def model():
+            ...     pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            >>> path = os.path.join(tempfile.mkdtemp(), "run.pt")
+            >>> with pyro.settings.context(module_local_params=True):
+            ...     svi = FastSVI(model, AutoFlowGuide(model, flow="iaf", num_flows=1, model_args=()))
+            ...     _ = svi.step()
+            ...     svi.save(path)
+            ...     next_loss = svi.step()
+            ...     resumed = FastSVI(model, AutoFlowGuide(model, flow="iaf", num_flows=1, model_args=()))
+            ...     step = resumed.load(path)["step"]
+            ...     step, resumed.step() == next_loss
+            (1, True)
+        """
+        optimizer = self.optimizer if self.optimizer is not None else self.make_optimizer()
+        save_checkpoint(path, guide=self.guide, model=self.model, optimizer=optimizer, objective=self.loss,
+                        guard=self.guard, step=self.num_steps, extra=extra)
+
+    def load(self, path, restore_rng=True):
+        """Restore a checkpoint written by :meth:`save` into this (freshly built) ``FastSVI``.
+
+        Returns the dict of :func:`~pyro_nfvi.guides.checkpoint.load_checkpoint` (``step``, ``extra``).
+        """
+        out = load_checkpoint(path, guide=self.guide, model=self.model, optimizer=self.make_optimizer(),
+                              objective=self.loss, guard=self.guard, restore_rng=restore_rng)
+        self.num_steps = out["step"]
+        return out
 
     def _update(self):
         if self.clip_norm is not None:
