@@ -5,9 +5,12 @@ Subcommands, each a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> ex
 * ``demo`` -- fit a 2-D energy of Rezende & Mohamed (2015), U1 by default, with an
   :class:`~pyro_nfvi.guides.AutoFlowGuide` trained by :class:`~pyro_nfvi.guides.FastSVI` on the
   annealed free energy (:func:`pyro_nfvi.targets.fit_energy`), and print the fitted bound, the grid
-  log Z and their gap (an estimate of KL(q || p)).  Exit status 1 if the fit diverges (the message
-  names the learning rate), 2 for a bad argument (an unwritable ``--plot`` path is refused before
-  the fit), 130 after Ctrl-C (a one-line message, no traceback).
+  log Z and their gap (an estimate of KL(q || p)).  ``--checkpoint PATH`` writes an atomic checkpoint
+  every ``--checkpoint-every`` steps; ``--resume`` continues from it, with the same result as an
+  uninterrupted run.  Exit status 1 if the fit diverges (the message names the learning rate), 2 for
+  a bad argument (an unwritable ``--plot`` or ``--checkpoint`` path is refused before the fit; so is
+  a ``--resume`` checkpoint written with other settings), 130 after Ctrl-C (a one-line message, no
+  traceback).
 
 Planned (not yet implemented): ``energy`` (the U1-U4 sweep of ``examples/energy.py`` through the flow
 guides), ``vae`` (a flow-VAE on the shipped binarized MNIST) and ``fit`` (a flow guide for a user
@@ -61,6 +64,13 @@ def _add_demo(subparsers):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--plot", metavar="PATH", default=None,
                    help="save a figure of the target and of q's samples to PATH (e.g. demo.png)")
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="write a checkpoint of the fit to PATH every --checkpoint-every steps (atomic)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N",
+                   help="steps between checkpoints (default: 500)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (same settings); the result is identical "
+                        "to an uninterrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-step reports")
     p.set_defaults(run=_run_demo)
     return p
@@ -82,6 +92,10 @@ def _run_demo(args):
 
     if args.plot:
         _check_output_path("--plot", args.plot)
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
+    if args.checkpoint:
+        _check_output_path("--checkpoint", args.checkpoint)
     steps = args.steps
     anneal_steps = int(round(args.anneal * steps))
     schedule = f"beta_t = 0.01 + 0.99 min(1, t/{anneal_steps})" if anneal_steps > 0 else "beta = 1"
@@ -106,6 +120,9 @@ def _run_demo(args):
             log_every=0 if args.quiet else args.log_every,
             progress=not args.quiet and sys.stderr.isatty(),
             verbose=not args.quiet,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
         )
     except FloatingPointError as err:
         print(f"nfvi demo: error: {err}", file=sys.stderr)

@@ -101,3 +101,37 @@ def test_ctrl_c_exits_130_with_a_short_message(capsys, monkeypatch):
     assert main(["demo", "--quiet"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "nfvi demo: interrupted" and "Traceback" not in err
+
+
+def test_demo_checkpoint_interrupted_then_resumed_gives_the_uninterrupted_bound(capsys, monkeypatch, tmp_path):
+    import pyro_nfvi.guides.fast
+
+    argv = ["demo", "--steps", "30", "--samples", "8", "--num-flows", "2", "--eval-samples", "200",
+            "--quiet"]
+    assert main(argv) == 0
+    want = re.search(r"fitted bound  : (\S+ \+- \S+)", capsys.readouterr().out).group(1)
+
+    path = str(tmp_path / "demo.pt")
+    original, calls = pyro_nfvi.guides.fast.FastSVI.step, []
+
+    def interrupted_at_step_17(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 17:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyro_nfvi.guides.fast.FastSVI, "step", interrupted_at_step_17)
+    assert main(argv + ["--checkpoint", path, "--checkpoint-every", "5"]) == 130
+    monkeypatch.setattr(pyro_nfvi.guides.fast.FastSVI, "step", original)
+    capsys.readouterr()
+    assert main(argv + ["--checkpoint", path, "--checkpoint-every", "5", "--resume"]) == 0
+    assert re.search(r"fitted bound  : (\S+ \+- \S+)", capsys.readouterr().out).group(1) == want
+    # other settings: refused, naming what differs
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--steps", "40", "--samples", "8", "--num-flows", "2", "--eval-samples", "200",
+              "--quiet", "--checkpoint", path, "--resume"])
+    assert exit_info.value.code == 2
+    assert "steps: saved 30, now 40" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv + ["--resume"])
+    assert "--resume needs --checkpoint" in capsys.readouterr().err

@@ -22,10 +22,13 @@ and the energy; :func:`fit_energy` reports it with the grid :math:`\log Z`
 (:func:`~pyro_nfvi.targets.log_normalizer`) and their gap, an estimate of :math:`\mathrm{KL}(q\,\|\,p)`.
 """
 import math
+import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
@@ -149,6 +152,25 @@ def _diverged(lr, step, steps, what):
     )
 
 
+def _resume(svi, lr_decay, path, config):
+    """Restore a checkpoint of :func:`fit_energy` into ``svi``; return ``(step, history, running)``."""
+    svi.make_optimizer()  # creates the learning-rate schedule too
+    caller_rng = random.getstate(), np.random.get_state()
+    saved = svi.load(path)  # the torch RNG (forked by fit_energy) continues; the caller's others stay
+    random.setstate(caller_rng[0])
+    np.random.set_state(caller_rng[1])
+    extra = saved["extra"] or {}
+    if extra.get("config") != config:
+        old = extra.get("config") or {}
+        diff = ", ".join(f"{k}: saved {old.get(k)!r}, now {v!r}" for k, v in config.items() if old.get(k) != v)
+        raise ValueError(
+            f"checkpoint {path} was written by a fit with other settings ({diff}); rerun with the saved "
+            "settings to resume, or delete the checkpoint to start afresh"
+        )
+    lr_decay[0].load_state_dict(extra["lr_decay"])
+    return saved["step"], [tuple(h) for h in extra["history"]], list(extra["running"])
+
+
 def fit_energy(
     target="U1",
     flow="planar",
@@ -167,6 +189,9 @@ def fit_energy(
     progress=False,
     verbose=False,
     flow_opts=None,
+    checkpoint=None,
+    checkpoint_every=500,
+    resume=False,
 ):
     r"""Fit an :class:`~pyro_nfvi.guides.AutoFlowGuide` to :math:`p(z) \propto e^{-U(z)}` by annealed VI.
 
@@ -204,6 +229,11 @@ def fit_energy(
         progress (bool): show a tqdm progress bar (on stderr).
         verbose (bool): print the reports (through ``tqdm.write`` on stdout).
         flow_opts (dict): extra options for :func:`pyro_nfvi.transforms.flow`.
+        checkpoint (str or None): write a checkpoint (:meth:`~pyro_nfvi.guides.FastSVI.save`, atomic)
+            to this path every ``checkpoint_every`` steps and after the last step.
+        checkpoint_every (int): steps between checkpoints.
+        resume (bool): continue from ``checkpoint`` if the file exists (it must come from a fit with
+            the same arguments); the result is identical to an uninterrupted fit.
 
     Returns:
         EnergyFit: ``initial_bound`` (at initialisation), ``bound`` +- ``bound_se`` (final),
@@ -230,6 +260,13 @@ def fit_energy(
     if isinstance(anneal, bool) or not isinstance(anneal, (int, float)) or not 0.0 <= anneal <= 1.0:
         raise ValueError(f"anneal must be a number in [0, 1], got {anneal!r}")
     flow = check_choice("flow", flow, sorted(FAMILIES) + ["none"])
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path> (the checkpoint to continue from)")
+    # what a resumed fit must share with the one that wrote the checkpoint
+    config = {"target": target, "flow": flow, "num_flows": num_flows, "steps": steps, "samples": samples,
+              "lr": lr, "final_lr": final_lr, "anneal": anneal, "seed": seed, "box": box, "wall": wall,
+              "flow_opts": repr(sorted((flow_opts or {}).items()))}
     energy = target_energy(target, box, wall)
     log_z = log_normalizer(target, grid=grid, box=box, wall=wall)
     anneal_steps = int(round(anneal * steps))
@@ -258,8 +295,18 @@ def fit_energy(
 
         svi = FastSVI(model, guide, loss=objective, optimizer=adam_with_cosine_decay)
         history, running = [], []
+        done = 0
+        if resume and os.path.exists(checkpoint):
+            done, history, running = _resume(svi, lr_decay, checkpoint, config)
+            report(f"resumed from {checkpoint} at step {done}/{steps}")
+
+        def save():
+            extra = {"config": config, "lr_decay": lr_decay[0].state_dict(), "history": history,
+                     "running": running}
+            svi.save(checkpoint, extra=extra)
+
         report(f"{target}: {flow} x {num_flows}, initial bound {initial_bound:.4f}, log Z {log_z:.4f}")
-        bar = tqdm(range(1, steps + 1), desc=f"fit {target}", disable=not progress, file=sys.stderr,
+        bar = tqdm(range(done + 1, steps + 1), desc=f"fit {target}", disable=not progress, file=sys.stderr,
                    leave=False)
         try:
             for step in bar:
@@ -281,6 +328,8 @@ def fit_energy(
                     report(f"step {step:>6d}/{steps}  beta {beta:.3f}  free energy (batch mean) "
                            f"{sum(running) / len(running):.4f}  bound {bound:.4f}")
                     running = []
+                if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
+                    save()
         finally:
             bar.close()
         bound, bound_se = estimate_bound(guide, energy, eval_samples, seed)
