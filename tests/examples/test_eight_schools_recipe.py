@@ -1,0 +1,25 @@
+"""The recommended recipe on eight schools, against the shipped NUTS reference (a small budget).
+
+The full comparison with Pyro's guides, over models, seeds and learning rates, is
+``benchmarks/bayes.py``; this test keeps the recipe honest in ``make test``.
+"""
+import pyro
+
+from pyro_nfvi import AutoFlowGuide, fit
+from pyro_nfvi.evaluation import posterior_error, psis_khat
+from pyro_nfvi.targets.bayes import eight_schools
+from pyro_nfvi.targets.reference import load_reference
+
+
+def test_recipe_matches_nuts_on_eight_schools():
+    reference = load_reference("eight_schools_noncentered")
+    assert reference.info["rhat_max"] < 1.01
+    model, args = eight_schools()
+    pyro.set_rng_seed(0)
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=4)
+    result = fit(model, guide, *args, num_steps=600, estimator="dreg", progress=False)
+    assert result.rollbacks == 0
+    err = posterior_error(model, guide, *args, reference=reference.draws, num_samples=4000)
+    assert err.mean < 0.15, err.sites
+    assert err.sd < 0.15, err.sites
+    assert float(psis_khat(model, guide, *args, num_samples=2000)) < 0.7
