@@ -155,7 +155,8 @@ def reference(name, args):
         draws = {"mu": nc["mu"], "tau": nc["tau"],
                  "theta": nc["mu"][..., None] + nc["tau"][..., None] * nc["theta_trans"]}
         info = {"source": "NUTS on eight_schools_noncentered (twice the samples), theta = mu + tau * theta_trans",
-                "source_nuts": nuts_info("eight_schools_noncentered", args, nc, nc_div, nc_sec, 2 * args.samples)}
+                "source_nuts": nuts_info("eight_schools_noncentered", args, nc, nc_div, nc_sec,
+                                                samples=2 * args.samples)}
         own = run_nuts(name, args.chains, args.secondary, args.secondary, args.seed)
         info["nuts"] = nuts_info(name, args, *own, warmup=args.secondary, samples=args.secondary)
         return draws, info
