@@ -24,8 +24,10 @@ Usage::
 
     python benchmarks/bayes.py                                   # the full benchmark (hours)
     python benchmarks/bayes.py --models eight_schools_noncentered --guides AutoNormal recipe --seeds 1 --steps 200
+    python benchmarks/bayes.py --merge a/bayes.json b/bayes.json --seeds 1   # one table from split runs
 """
 import argparse
+import json
 import math
 import statistics
 import time
@@ -82,7 +84,7 @@ def run(model_name, guide_name, lr, seed, args):
     model, model_args = MODELS[model_name]()
     guide = make_guide(guide_name, model, args)
     row = {"model": model_name, "guide": guide_name, "lr": lr, "seed": seed}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if guide_name == "recipe":
         result = fit(model, guide, *model_args, num_steps=args.steps, lrs=tuple(args.lrs), num_particles=args.particles,
                      estimator=args.estimator, progress=False)
@@ -98,6 +100,7 @@ def run(model_name, guide_name, lr, seed, args):
             if not math.isfinite(losses[-1]):
                 break
     row["seconds"] = time.perf_counter() - start
+    row["cpu_seconds"] = time.process_time() - cpu_start
     row["diverged"] = diverged(losses)
     tail = losses[-min(200, len(losses)):]
     row["final_loss"] = sum(tail) / len(tail)
@@ -132,14 +135,21 @@ def summarize(rows, model_name, guide_name):
         "khat": max(r["khat"] for r in best),
         "elbo": statistics.median(r["elbo"] for r in best),
         "seconds": statistics.median(r["seconds"] for r in best),
+        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in best),
     }
 
 
 def main(args):
     models = args.models or list(MODELS)
     guides = args.guides or (list(PYRO_GUIDES) + FAMILIES + ["recipe"])
-    rows = []
-    for model_name in models:
+    rows, to_run = [], models
+    if args.merge:  # the rows of earlier runs (e.g. models split over processes): report only
+        reports = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = [r for rep in reports for r in rep["rows"]]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        guides = list(dict.fromkeys(r["guide"] for r in rows))
+        to_run = []
+    for model_name in to_run:
         for guide_name in guides:
             lrs = [None] if guide_name == "recipe" else args.lrs
             seeds = args.recipe_seeds if guide_name == "recipe" else args.seeds
@@ -160,17 +170,18 @@ def main(args):
              "seeds of max |mean error| / reference sd, max |sd ratio - 1| and PSIS k-hat, the median ELBO and the "
              f"median wall time of one fit ({args.steps} steps, {args.particles} particles; the recipe adds its warm "
              "start and probes). NUTS: the wall time of the reference run (chains run one after another).")
-    table = ["| model | guide | divergences | lr | mean err (sd) | sd err | k-hat | ELBO | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    table = ["| model | guide | divergences | lr | mean err (sd) | sd err | k-hat | ELBO | seconds | CPU seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for model_name in models:
         info = load_reference(model_name).info
         nuts = info.get("nuts", {})
+        cpu = nuts.get("cpu_seconds")
         table.append(f"| {model_name} | NUTS ({info.get('source', '?')}) | {nuts.get('divergences', '-')} | - | 0 | 0 | - | - | "
-                     f"{nuts.get('seconds', float('nan')):.1f} |")
+                     f"{nuts.get('seconds', float('nan')):.1f} | {'-' if cpu is None else f'{cpu:.1f}'} |")
         for guide_name in guides:
             s = summarize(rows, model_name, guide_name)
             table.append(f"| {model_name} | {guide_name} | {s['divergences']} | {s['lr']} | {s['mean_err']:.2f} | "
-                         f"{s['sd_err']:.2f} | {s['khat']:.2f} | {s['elbo']:.2f} | {s['seconds']:.1f} |")
+                         f"{s['sd_err']:.2f} | {s['khat']:.2f} | {s['elbo']:.2f} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} |")
     return write_report(args.out, args.name, command, rows, "Posterior accuracy against NUTS", intro, table)
 
 
@@ -180,14 +191,15 @@ def parse_args(argv=None):
     parser.add_argument("--guides", nargs="+", help="guides (default: Pyro's, every family, recipe)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per guide and learning rate")
     parser.add_argument("--recipe-seeds", type=int, default=5, help="seeds of the recipe")
-    parser.add_argument("--steps", type=int, default=2000, help="optimisation steps per fit")
+    parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per fit")
     parser.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 1e-2], help="the learning-rate grid")
-    parser.add_argument("--estimator", default="elbo", help="the recipe's estimator (elbo, stl, dreg)")
+    parser.add_argument("--estimator", default="dreg", help="the recipe's estimator (elbo, stl, dreg)")
     parser.add_argument("--recipe-flow", default="iaf", help="the recipe's flow family")
     parser.add_argument("--recipe-num-flows", type=int, default=4, help="the recipe's number of layers")
     parser.add_argument("--recipe-base", default="diagonal", help="the recipe's base: diagonal or full")
     parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the report from these earlier reports' rows, running nothing")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     parser.add_argument("--name", default="bayes", help="the report's file stem")
     return parser.parse_args(argv)

@@ -41,7 +41,7 @@ def _seed():
 def test_fit_reaches_the_posterior_with_any_guide(make_guide):
     guide = make_guide(model)
     # Pyro's guides get no warm start: a candidate large enough to reach mu = 5 in 400 steps
-    result = fit(model, guide, Y, num_steps=400, lrs=(5e-2, 1e-2, 1e-3), progress=False)
+    result = fit(model, guide, Y, num_steps=400, lrs=(5e-2, 1e-2, 1e-3), warm_start_steps=800, progress=False)
     assert len(result.losses) == 400 and all(math.isfinite(v) for v in result.losses)
     assert set(result.probe_scores) == {5e-2, 1e-2, 1e-3} and result.lr in result.probe_scores
     assert result.probe_scores[result.lr] == min(result.probe_scores.values())
@@ -94,3 +94,21 @@ def test_module_local_params_is_refused_with_what_to_do():
     with pyro.settings.context(module_local_params=True):
         with pytest.raises(ValueError, match="FastSVI"):
             fit(model, AutoFlowGuide(model), Y, progress=False)
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "stl", "dreg"])
+def test_every_estimator_trains_a_flow_guide(estimator):
+    guide = AutoFlowGuide(model, flow="planar", num_flows=2)
+    result = fit(model, guide, Y, num_steps=300, lrs=(1e-2,), estimator=estimator, warm_start_steps=800, progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
+    assert abs(float(guide.median(Y)["mu"]) - float(Y.mean())) < 0.3
+
+
+def test_pyro_guides_fall_back_to_the_elbo():
+    from pyro.infer import Trace_ELBO
+
+    from pyro_nfvi.objectives import IW_ELBO
+    from pyro_nfvi.recipe import make_loss
+
+    assert isinstance(make_loss("dreg", AutoNormal(model), 4, True), Trace_ELBO)
+    assert isinstance(make_loss("dreg", AutoFlowGuide(model), 4, True), IW_ELBO)
