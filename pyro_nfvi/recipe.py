@@ -7,7 +7,8 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
    (:meth:`AutoFlowGuide.fit_base <pyro_nfvi.guides.AutoFlowGuide.fit_base>`), so that the flow
    starts at the posterior's location and scale instead of learning the scale itself;
 2. **step-size selection** -- a short probe run from the same state for each candidate learning
-   rate; the candidate with the lowest smoothed loss (non-finite losses disqualify) continues;
+   rate; the largest one whose smoothed loss is within two standard errors of the lowest
+   continues (a short probe favours small steps; non-finite losses disqualify);
 3. **clipping and decay** -- :class:`~pyro.optim.ClippedAdam` (per-parameter gradient clipping)
    with the learning rate decaying geometrically to ``final_lr_fraction`` of its value, so that
    the last steps average out the optimiser's noise;
@@ -142,10 +143,17 @@ def _run(svi, steps, args, kwargs, bar=None, guard=None):
 
 def _smoothed(losses):
     """Mean of the last half of ``losses`` (``inf`` if any loss is not finite)."""
+    return _smoothed_with_error(losses)[0]
+
+
+def _smoothed_with_error(losses):
+    """Mean of the last half of ``losses`` and its standard error (``inf`` if any loss is not finite)."""
     if not losses or not all(math.isfinite(v) for v in losses):
-        return math.inf
+        return math.inf, math.inf
     tail = losses[len(losses) // 2 :]
-    return sum(tail) / len(tail)
+    mean = sum(tail) / len(tail)
+    var = sum((v - mean) ** 2 for v in tail) / max(len(tail) - 1, 1)
+    return mean, math.sqrt(var / len(tail))
 
 
 def _nonfinite_parameters(tensors):
@@ -255,23 +263,26 @@ def fit(
     bar = tqdm(total=total, disable=not progress, desc="fit", leave=False)
     try:
         # -- step-size selection: each candidate from the same state; the best one continues
-        lr, best = lrs[0], None
+        lr = lrs[0]
         if len(lrs) > 1:
-            warm = _Snapshot(tensors)
+            warm, probes = _Snapshot(tensors), {}
             for candidate in lrs:
                 warm.restore()
-                score = _smoothed(_run(svi_at(candidate, 0), probe_steps, args, kwargs, bar))
+                score, error = _smoothed_with_error(_run(svi_at(candidate, 0), probe_steps, args, kwargs, bar))
                 result.probe_scores[candidate] = score
-                if math.isfinite(score) and (best is None or score < best[0]):
-                    best = (score, candidate, _Snapshot(tensors))
-            if best is None:
+                if math.isfinite(score):
+                    probes[candidate] = (score, error, _Snapshot(tensors))
+            if not probes:
                 warm.restore()
                 raise FloatingPointError(
                     f"fit: every candidate learning rate {lrs} diverged (non-finite loss) within {probe_steps} "
                     "probe steps; try smaller learning rates, a smaller init_scale, or check the model"
                 )
-            _, lr, state = best
-            state.restore()
+            # a short probe favours small steps (less noise, not more progress): the largest learning
+            # rate whose probe is within two standard errors of the best one continues
+            best_score, best_error, _ = min(probes.values(), key=lambda p: p[0])
+            lr = max(c for c, (score, _, _) in probes.items() if score <= best_score + 2 * best_error)
+            probes[lr][2].restore()
         # -- the main run, with a guard: roll back to the last good state on a non-finite loss
         good, done = _Snapshot(tensors), 0
         svi = svi_at(lr, num_steps)
