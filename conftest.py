@@ -3,4 +3,4 @@ import importlib.util
 
 collect_ignore = []
 if importlib.util.find_spec("lightning") is None:  # pyro_nfvi[lightning] not installed
-    collect_ignore.append("pyro_nfvi/lightning.py")
+    collect_ignore += ["pyro_nfvi/lightning.py", "tests/lightning_ddp_script.py"]

@@ -83,7 +83,11 @@ class SVIModule(lightning.LightningModule):
     once.  It logs ``loss`` (averaged over processes), ``grad_norm`` (before clipping), ``beta``
     (annealed objectives) and ``skipped`` (the guard's count).  It uses Lightning's manual
     optimization, so ``Trainer(gradient_clip_val=...)`` and ``accumulate_grad_batches`` do not
-    apply: pass ``clip_norm`` here.
+    apply: pass ``clip_norm`` here.  Lightning's ``global_step`` (and so ``max_steps``) counts
+    *applied* optimizer steps: a skipped step does not count, while the objective's step counter
+    advances at every step, as with :class:`pyro.infer.SVI`.  On resume Lightning restarts the
+    DataLoader's epoch (a plain DataLoader has no position to restore), so the continuation is
+    exact when the data order does not depend on where the run stopped (e.g. one batch per epoch).
 
     A Lightning checkpoint (``trainer.save_checkpoint``, ``ckpt_path=``) holds the model's and
     guide's parameters and buffers (this module's ``state_dict``), the optimizer, and, under the
