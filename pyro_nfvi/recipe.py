@@ -17,8 +17,12 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
    than the ELBO's: on eight schools the sd error of log tau fell from 0.3 to 0.05),
    ``"stl"`` (sticking the landing), ``"elbo"`` (:class:`~pyro.infer.Trace_ELBO`) or any Pyro
    ELBO instance;
-5. **a guard** -- a non-finite loss rolls the parameters back to the last good state and halves
-   the learning rate; after ``max_rollbacks`` roll-backs a ``FloatingPointError`` says where;
+5. **a guard** -- the optimiser is a :class:`~pyro_nfvi.guides.guard.GuardedOptim`: a step whose
+   gradients are not finite is skipped (parameters and Adam's moments unchanged), and after
+   ``max_skips`` consecutive skips a ``FloatingPointError`` names the step, the first parameter
+   whose gradient went non-finite and, for a flow guide, its layer; a non-finite *loss* rolls the
+   parameters back to the last good state and halves the learning rate, and after
+   ``max_rollbacks`` roll-backs a ``FloatingPointError`` says where;
 6. **a stopping rule** (optional) -- stop when the mean loss of a window of ``window`` steps
    improves on the previous window's by less than ``tol`` nats;
 7. a `tqdm <https://tqdm.github.io>`_ progress bar with the smoothed loss.
@@ -37,6 +41,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
+from .guides.guard import DEFAULT_MAX_SKIPS, GuardedOptim, NonFiniteGuard
 from .validation import check_choice, check_int, check_positive
 
 __all__ = ["ESTIMATORS", "FitResult", "fit", "make_loss"]
@@ -55,6 +60,7 @@ class FitResult:
         probe_scores (dict): candidate learning rate -> smoothed probe loss (``inf`` if it diverged).
         warm_start_losses (list of float): the losses of the warm start (empty if none).
         rollbacks (int): how many times the guard rolled back after a non-finite loss.
+        skipped (int): steps of the main run not applied because a gradient (or the loss) was not finite.
         stopped_early (bool): whether the stopping rule ended the run.
         seconds (float): wall time of the whole recipe.
     """
@@ -64,6 +70,7 @@ class FitResult:
     probe_scores: dict = field(default_factory=dict)
     warm_start_losses: list = field(default_factory=list)
     rollbacks: int = 0
+    skipped: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
 
@@ -177,6 +184,7 @@ def fit(
     tol=None,
     window=200,
     max_rollbacks=3,
+    max_skips=DEFAULT_MAX_SKIPS,
     progress=True,
     **kwargs,
 ):
@@ -211,6 +219,8 @@ def fit(
         tol (float): stop when a window's mean loss improves by less than ``tol``; ``None``: never.
         window (int): the window of the stopping rule and of the progress bar's smoothed loss.
         max_rollbacks (int): non-finite losses tolerated (each rolls back and halves the lr).
+        max_skips (int): consecutive steps with a non-finite gradient skipped before a
+            ``FloatingPointError`` (naming the step, the parameter and its flow layer) ends the fit.
         progress (bool): show a tqdm progress bar.
 
     Example:
@@ -240,6 +250,7 @@ def fit(
     tol = None if tol is None else check_positive("tol", tol)
     window = check_int("window", window)
     max_rollbacks = check_int("max_rollbacks", max_rollbacks, minimum=0)
+    max_skips = check_int("max_skips", max_skips, minimum=1)
 
     if pyro.settings.get("module_local_params"):
         raise ValueError(
@@ -255,9 +266,14 @@ def fit(
     if not tensors:
         raise ValueError("fit found no parameters in the guide (or the model) to train")
 
-    def svi_at(lr, decay_steps):
+    module = guide if isinstance(guide, torch.nn.Module) else None
+
+    def svi_at(lr, decay_steps, guard=None):
         lrd = final_lr_fraction ** (1.0 / decay_steps) if decay_steps else 1.0
-        return SVI(model, guide, ClippedAdam({"lr": lr, "clip_norm": clip_norm, "lrd": lrd}), loss)
+        optim = GuardedOptim(ClippedAdam({"lr": lr, "clip_norm": clip_norm, "lrd": lrd}), max_skips, module=module)
+        if guard is not None:
+            optim.guard = guard  # one count of skips across the main run's roll-backs
+        return SVI(model, guide, optim, loss)
 
     total = num_steps + (probe_steps * len(lrs) if len(lrs) > 1 else 0)
     bar = tqdm(total=total, disable=not progress, desc="fit", leave=False)
@@ -268,7 +284,10 @@ def fit(
             warm, probes = _Snapshot(tensors), {}
             for candidate in lrs:
                 warm.restore()
-                score, error = _smoothed_with_error(_run(svi_at(candidate, 0), probe_steps, args, kwargs, bar))
+                try:
+                    score, error = _smoothed_with_error(_run(svi_at(candidate, 0), probe_steps, args, kwargs, bar))
+                except FloatingPointError:  # max_skips non-finite gradients in a row: diverged
+                    score, error = math.inf, math.inf
                 result.probe_scores[candidate] = score
                 if math.isfinite(score):
                     probes[candidate] = (score, error, _Snapshot(tensors))
@@ -285,9 +304,19 @@ def fit(
             probes[lr][2].restore()
         # -- the main run, with a guard: roll back to the last good state on a non-finite loss
         good, done = _Snapshot(tensors), 0
-        svi = svi_at(lr, num_steps)
+        guard = NonFiniteGuard(max_skips, module=module)
+        svi = svi_at(lr, num_steps, guard)
         while done < num_steps:
-            chunk = _run(svi, min(window, num_steps - done), args, kwargs, bar)
+            try:
+                chunk = _run(svi, min(window, num_steps - done), args, kwargs, bar)
+            except FloatingPointError as error:
+                result.skipped = guard.skipped
+                good.restore()
+                raise FloatingPointError(
+                    f"fit: the main run at lr={lr:.3g} gave up at {error}; the parameters hold the last "
+                    "finite state"
+                ) from error
+            result.skipped = guard.skipped
             if math.isfinite(chunk[-1]):
                 result.losses.extend(chunk)
                 done += len(chunk)
@@ -306,14 +335,19 @@ def fit(
             good.restore()
             result.rollbacks += 1
             if result.rollbacks > max_rollbacks:
-                where = f"; non-finite parameters: {bad}" if bad else ""
+                if bad:
+                    where = f"; non-finite parameters: {bad}"
+                elif guard.last_reason is not None:
+                    where = f"; at the last non-finite step {guard.last_reason}"
+                else:
+                    where = ""
                 raise FloatingPointError(
                     f"fit: the loss was not finite at step {done} of the main run at lr={lr:.3g} "
                     f"after {max_rollbacks} roll-backs (each halving the learning rate){where}; the "
                     "parameters hold the last finite state. Try smaller lrs, a smaller init_scale or clip_norm"
                 )
             lr /= 2
-            svi = svi_at(lr, max(num_steps - done, 1))
+            svi = svi_at(lr, max(num_steps - done, 1), guard)
     finally:
         bar.close()
     result.lr = lr

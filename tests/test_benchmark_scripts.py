@@ -69,3 +69,19 @@ def test_estimators_script(script, tmp_path):
     assert [(r["estimator"], r["num_particles"]) for r in report["rows"]] == [("STL", 1), ("DReG", 3)]
     assert all(r["var_estimator"] >= 0 and r["var_baseline"] > 0 for r in report["rows"])
     assert "| none | near | STL vs Trace_ELBO | 1 |" in (tmp_path / "estimators.md").read_text()
+
+
+def test_soak_script(script, tmp_path):
+    mod = script("soak")
+    args = mod["parse_args"](["--seeds", "1", "--steps", "20", "--families", "planar", "--targets", "U1",
+                              "--eval-samples", "200", "--grid", "50", "--models", "funnel", "--lrs", "0.01",
+                              "--vae-epochs", "1", "--vae-seeds", "1", "--vae-families", "none",
+                              "--vae-num-train", "100", "--out", str(tmp_path)])
+    report = mod["main"](args)
+    assert [(r["part"], r["config"]) for r in report["rows"]] == [
+        ("energy", "U1 planar"), ("bayes", "funnel lr=0.01 FastSVI guard on"),
+        ("bayes", "funnel lr=0.01 SVI guard off"), ("vae", "VAE none")]
+    assert all(r["error"] is None and r["nonfinite_losses"] == 0 for r in report["rows"])
+    assert [r["steps"] for r in report["rows"]] == [20, 20, 20, 1]
+    text = (tmp_path / "soak.md").read_text()
+    assert "reduced setting" in text and "| energy | U1 planar | 1 | 20 | 0 (0) | 0 | 0 |  |" in text

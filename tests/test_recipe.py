@@ -115,3 +115,55 @@ def test_pyro_guides_fall_back_to_the_elbo():
     assert isinstance(make_loss("dreg", AutoNormal(model), 4, True), Trace_ELBO)
     assert isinstance(make_loss("dreg", AutoFlowGuide(model), 4, True), IW_ELBO)
 
+
+def _nan_gradient_at(param, calls):
+    """Make ``param``'s gradient NaN at the backward passes listed in ``calls`` (counted from 1)."""
+    seen = []
+
+    def hook(grad):
+        seen.append(None)
+        return grad * math.nan if len(seen) in calls else grad
+
+    param.register_hook(hook)
+    return seen
+
+
+def test_a_nan_gradient_step_is_skipped_and_leaves_the_parameters_unchanged():
+    import warnings
+
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    guide(Y)
+    weight = guide.flow_stack.layers[2].arn.layers[0].weight
+    values = []  # every parameter's value at each backward pass, i.e. before that step's update
+    _nan_gradient_at(weight, {20})
+    weight.register_hook(lambda g: values.append([p.detach().clone() for p in guide.parameters()]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = fit(model, guide, Y, num_steps=40, lrs=(1e-2,), warm_start=False, window=10, progress=False)
+    assert result.skipped == 1 and result.rollbacks == 0 and len(result.losses) == 40
+    assert all(math.isfinite(v) for v in result.losses)
+    assert all(torch.equal(a, b) for a, b in zip(values[19], values[20]))  # step 20 was skipped
+    assert not all(torch.equal(a, b) for a, b in zip(values[20], values[21]))  # step 21 was applied
+    assert any("step 20 skipped" in str(w.message) and "flow layer 2 (IAF)" in str(w.message) for w in caught)
+
+
+def test_consecutive_nan_gradients_raise_naming_the_parameter_and_layer():
+    import warnings
+
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    guide(Y)
+    weight = guide.flow_stack.layers[2].arn.layers[0].weight
+    _nan_gradient_at(weight, set(range(10, 10**6)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(FloatingPointError) as info:
+            fit(model, guide, Y, num_steps=100, lrs=(1e-2,), warm_start=False, window=10, max_skips=4, progress=False)
+    message = str(info.value)
+    assert "step 13" in message and "4 consecutive" in message
+    assert "flow_stack$$$layers.2.arn.layers.0.weight" in message and "flow layer 2 (IAF)" in message
+    assert all(bool(torch.isfinite(p).all()) for p in guide.parameters())
+
+
+def test_max_skips_is_checked():
+    with pytest.raises(ValueError, match="max_skips"):
+        fit(model, AutoFlowGuide(model), Y, max_skips=0, progress=False)

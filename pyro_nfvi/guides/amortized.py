@@ -14,7 +14,7 @@ from ..validation import check_int, check_positive
 from .auto import AutoFlowGuide
 from .base import FlowGuide, check_flow_family, jsonable
 from .encoder_input import InputStandardizer, as_float_input, call_encoder_input, observed_inputs
-from .observed import per_point, read_argument
+from .observed import per_point, read_observed
 from .path import path_posterior
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
@@ -248,7 +248,8 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         indices = sub["value"] if sub is not None and site_is_subsample(sub) else None
         self._input_map = []
         if self.encoder_input is not None:
-            x_all = call_encoder_input(self.encoder_input, args, kwargs, self._dtype, check_finite=True)
+            x_all = call_encoder_input(self.encoder_input, args, kwargs, self._dtype, check_finite=True,
+                                       plate=self.plate, sizes=(frame.size, frame.full_size))
             x = x_all
             if self._subsampled and indices is not None and x.shape[0] == frame.full_size:
                 x = x[indices.to(x.device)]
@@ -321,7 +322,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         """The encoder input ``(B, D_in)`` from the matched arguments; ``indices`` selects rows of subsampled ones."""
         parts = []
         for m in self._input_map:
-            a = read_argument(m.source, args, kwargs)
+            a = read_observed(m, args, kwargs, type(self).__name__)
             if m.subsampled and indices is not None:
                 a = a.index_select(m.axis, indices.to(a.device))
             parts.append(per_point(a, m.axis))
@@ -334,7 +335,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         f = self._frame
         if self._input_map:
             m = self._input_map[0]
-            n = read_argument(m.source, args, kwargs).shape[m.axis]
+            n = read_observed(m, args, kwargs, type(self).__name__).shape[m.axis]
             subsampled_source = m.subsampled
 
             def rows(indices):

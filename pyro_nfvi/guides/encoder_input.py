@@ -86,13 +86,40 @@ def as_float_input(x, dtype, what, check_finite=False):
     return x
 
 
-def call_encoder_input(fn, args, kwargs, dtype, check_finite=False):
-    """Call the user's ``encoder_input(*args, **kwargs)``; check and return its ``(N, D_in)`` output as floats."""
+def call_encoder_input(fn, args, kwargs, dtype, check_finite=False, plate=None, sizes=()):
+    """Call the user's ``encoder_input(*args, **kwargs)``; check and return its ``(N, D_in)`` output as floats.
+
+    Args:
+        fn (callable): the user's ``encoder_input``.
+        args (tuple), kwargs (dict): the model's arguments.
+        dtype (torch.dtype): the guide's floating dtype.
+        check_finite (bool): also refuse NaN and infinite values.
+        plate (str): the data plate's name (for the message).
+        sizes (iterable of int): the row counts accepted (the plate's size, and its full size when
+            it is subsampled); empty: any.
+
+    Example:
+        >>> call_encoder_input(lambda x: x[:, None], (torch.arange(3),), {}, torch.float32, plate="data", sizes=[3])
+        tensor([[0.],
+                [1.],
+                [2.]])
+        >>> call_encoder_input(lambda x: x[:2, None], (torch.arange(3),), {}, torch.float32, plate="data", sizes=[3])
+        Traceback (most recent call last):
+            ...
+        ValueError: encoder_input returned 2 rows, but plate 'data' holds 3 data points; ...
+    """
     x = fn(*args, **kwargs)
     if not torch.is_tensor(x) or x.dim() != 2:
         raise ValueError(
             f"encoder_input must return a tensor of shape (N, D_in), got "
             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
+        )
+    sizes = sorted({int(n) for n in sizes if n is not None})
+    if sizes and x.shape[0] not in sizes:
+        raise ValueError(
+            f"encoder_input returned {x.shape[0]} rows, but plate {plate!r} holds "
+            f"{' or '.join(map(str, sizes))} data points; encoder_input must return one row per data point "
+            f"of the plate, shape (N, D_in) (every data point when the plate is subsampled)"
         )
     return as_float_input(x, dtype, "encoder_input", check_finite)
 

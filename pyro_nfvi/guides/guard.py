@@ -88,6 +88,8 @@ class NonFiniteGuard:
         step (int): the number of checks so far (the step being checked is ``step``, from 1).
         skipped (int): the total number of skipped steps.
         consecutive (int): the current run of skipped steps.
+        last_reason (str or None): what made the last skipped step non-finite (the parameter and
+            its flow layer, or the loss); ``None`` before any skip.
 
     Example:
         >>> w = torch.nn.Parameter(torch.ones(2))
@@ -109,6 +111,7 @@ class NonFiniteGuard:
         self.step = 0
         self.skipped = 0
         self.consecutive = 0
+        self.last_reason = None
         self._warned = False
 
     def check(self, loss, named_params):
@@ -135,6 +138,7 @@ class NonFiniteGuard:
             if bad is not None
             else "the loss is not finite (the gradients are)"
         )
+        self.last_reason = where
         if self.max_skips is not None and self.consecutive >= self.max_skips:
             raise FloatingPointError(
                 f"step {self.step}: {self.consecutive} consecutive steps with a non-finite loss or "

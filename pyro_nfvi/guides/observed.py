@@ -9,7 +9,7 @@ from collections import namedtuple
 
 import torch
 
-__all__ = ["ObservedSource", "match_observed", "per_point", "read_argument"]
+__all__ = ["ObservedSource", "match_observed", "per_point", "read_argument", "read_observed"]
 
 #: Where the observed values of ``site`` come from: ``source`` is ``("arg", i)`` or ``("kwarg", name)``,
 #: ``axis`` the data axis of that tensor, ``subsampled`` whether the model indexes it with the plate's
@@ -21,6 +21,36 @@ def read_argument(source, args, kwargs):
     """The argument named by ``source`` (``("arg", i)`` or ``("kwarg", name)``)."""
     kind, key = source
     return args[key] if kind == "arg" else kwargs[key]
+
+
+def read_observed(source, args, kwargs, guide_name="AmortizedFlowGuide"):
+    """The tensor holding the observed values of ``source`` (an :class:`ObservedSource`) in this call.
+
+    Raises a ``ValueError`` naming the site and the argument when the call lacks it (e.g.
+    ``Predictive(model, guide=guide)(x)`` without the observations) or passes ``None`` there.
+
+    Example:
+        >>> m = ObservedSource("obs", ("arg", 1), 0, False)
+        >>> read_observed(m, (torch.zeros(3), torch.ones(3)), {})
+        tensor([1., 1., 1.])
+        >>> read_observed(m, (torch.zeros(3),), {})
+        Traceback (most recent call last):
+            ...
+        ValueError: AmortizedFlowGuide: the encoder reads the observed values of site 'obs' from the model's argument 1, which is missing in this call; ...
+    """
+    kind, key = source.source
+    present = key < len(args) if kind == "arg" else key in kwargs
+    value = read_argument(source.source, args, kwargs) if present else None
+    if not torch.is_tensor(value):
+        where = f"argument {key}" if kind == "arg" else f"keyword argument {key!r}"
+        got = "is missing" if not present else f"is {value!r}" if value is None else f"is a {type(value).__name__}"
+        raise ValueError(
+            f"{guide_name}: the encoder reads the observed values of site {source.site!r} from the model's {where}, "
+            f"which {got} in this call; an amortized guide needs the observed data at every call (e.g. "
+            "Predictive(model, guide=guide)(x, y), not (x)). To sample without them, build the guide with "
+            "encoder_input=callable(*args, **kwargs) -> (N, D_in) reading only what every call passes"
+        )
+    return value
 
 
 def per_point(value, axis):

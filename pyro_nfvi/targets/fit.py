@@ -111,6 +111,8 @@ class EnergyFit:
             the inverse temperature of the next step.
         history (list): ``(step, beta, bound)`` per report (``beta`` of that step; ``bound`` from
             :data:`REPORT_SAMPLES` draws).
+        skipped (int): steps the non-finite guard skipped (a NaN/inf gradient; see
+            :class:`~pyro_nfvi.guides.FastSVI`'s ``max_skips``).
 
     Example:
         >>> fit = fit_energy("U1", num_flows=1, steps=5, samples=8, eval_samples=100, grid=50)
@@ -130,6 +132,7 @@ class EnergyFit:
     guide: AutoFlowGuide = field(repr=False)
     objective: AnnealedELBO = field(repr=False)
     history: list = field(default_factory=list, repr=False)
+    skipped: int = 0
 
     @property
     def kl(self):
@@ -349,4 +352,5 @@ def fit_energy(
         guide=guide,
         objective=objective,
         history=history,
+        skipped=svi.guard.skipped if svi.guard is not None else 0,
     )

@@ -149,3 +149,28 @@ def test_nan_loss_with_finite_gradients_is_skipped_too():
         guard.check(torch.tensor(math.inf), [("w", w)])
     assert describe_parameter("net.layers.1.weight") == "'net.layers.1.weight' (layer 1)"
     assert describe_parameter("net.layers.1.weight", torch.nn.Module()) == "'net.layers.1.weight'"
+
+
+@pytest.mark.parametrize("kwargs", [{"clip_norm": -1.0}, {"clip_norm": 0.0}, {"clip_norm": math.nan}, {"lr": -1.0},
+                                    {"lr": 0.0}, {"lr": math.inf}])
+def test_fast_svi_refuses_bad_training_settings_up_front(kwargs):
+    # FastSVI(clip_norm=-1.0) used to be accepted and performed gradient ascent
+    model = make_model([False])
+    with pytest.raises(ValueError, match=rf"{next(iter(kwargs))} must be a positive finite number"):
+        FastSVI(model, AutoFlowGuide(model, flow="planar", num_flows=2), **kwargs)
+
+
+def test_divergence_with_validation_on_names_the_parameter_not_a_delta_site():
+    # it used to end in "Expected parameter log_density ... Delta(v: nan, log_density: nan)"
+    from pyro_nfvi.targets.bayes import eight_schools
+
+    pyro.set_rng_seed(0)
+    model, args = eight_schools()
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    svi = FastSVI(model, guide, lr=1e6, max_skips=5)
+    with pyro.validation_enabled(True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FloatingPointError, match=r"5 consecutive steps .* the gradient of 'guide\.\w+'"):
+            for _ in range(200):
+                svi.step(*args)
+    assert all(bool(torch.isfinite(p).all()) for p in guide.parameters())
