@@ -1,6 +1,6 @@
 r"""How far a guide's posterior is from reference draws (NUTS, or exact), moment by moment.
 
-:func:`posterior_error` draws from the guide with :class:`~pyro.infer.Predictive` and compares the
+:func:`posterior_error` draws from the guide (one vectorized trace) and compares the
 first two moments of every scalar component of every site with the reference's, on the
 unconstrained scale :math:`u = \mathrm{biject\_to}(\mathrm{support})^{-1}(z)` (log for a scale,
 stick-breaking for a simplex, ...): there the moments exist and a few thousand draws estimate them
@@ -10,10 +10,10 @@ from typing import NamedTuple
 
 import pyro
 import torch
-from pyro.infer import Predictive
 from torch.distributions import biject_to
 
 from ..validation import check_int
+from .traces import max_plate_nesting
 
 __all__ = ["PosteriorError", "posterior_error"]
 
@@ -40,7 +40,9 @@ def posterior_error(model, guide, *args, reference, num_samples=4000, **kwargs):
         *args, **kwargs: the model's arguments.
         reference (dict): ``{site: tensor of draws (num_draws, *site shape)}`` (e.g.
             :func:`pyro_nfvi.targets.reference.load_reference`'s ``draws``).
-        num_samples (int): guide draws (one vectorized :class:`~pyro.infer.Predictive` pass).
+        num_samples (int): guide draws, in one trace of the guide under a particle plate.  Only the
+            guide runs: the draws do not pass through the model, whose broadcasting
+            :class:`~pyro.infer.Predictive` would rely on.
 
     Example:
         >>> import pyro.distributions as dist
@@ -59,12 +61,23 @@ def posterior_error(model, guide, *args, reference, num_samples=4000, **kwargs):
     missing = [s for s in reference if s not in trace.nodes or trace.nodes[s]["type"] != "sample"]
     if missing:
         raise ValueError(f"reference sites {missing} are not sample sites of the model")
-    draws = Predictive(model, guide=guide, num_samples=num_samples, parallel=True, return_sites=list(reference))(*args, **kwargs)
+    depth = max_plate_nesting(model, guide, args, kwargs)
+    with pyro.plate("_num_samples", num_samples, dim=-(depth + 1)):
+        guide_trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
     sites = {}
     for site, ref in reference.items():
+        if site not in guide_trace.nodes:
+            raise ValueError(f"reference site {site!r} is not a sample site of the guide")
         to_real = biject_to(trace.nodes[site]["fn"].support).inv
+        shape = tuple(trace.nodes[site]["value"].shape)
+        value = guide_trace.nodes[site]["value"].detach().double()
+        if value.numel() != num_samples * trace.nodes[site]["value"].numel():
+            raise ValueError(
+                f"site {site!r}: the guide's draw of shape {tuple(value.shape)} does not hold {num_samples} "
+                f"draws of the model's shape {shape}"
+            )
         ref_u = to_real(torch.as_tensor(ref).double()).reshape(len(ref), -1)
-        q_u = to_real(draws[site].double()).reshape(num_samples, -1)
+        q_u = to_real(value.reshape((num_samples,) + shape)).reshape(num_samples, -1)
         if q_u.shape[1] != ref_u.shape[1]:
             raise ValueError(
                 f"site {site!r}: the guide's draws have {q_u.shape[1]} unconstrained components, the reference "
