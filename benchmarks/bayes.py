@@ -121,22 +121,34 @@ def run(model_name, guide_name, lr, seed, args):
 def summarize(rows, model_name, guide_name):
     sel = [r for r in rows if r["model"] == model_name and r["guide"] == guide_name]
     by_lr = {}
-    for r in sel:
-        by_lr.setdefault(r["lr"], []).append(r)
+    for r in sel:  # the recipe picks its own learning rate: all its runs form one group
+        by_lr.setdefault("auto" if guide_name == "recipe" else r["lr"], []).append(r)
     ok = {lr: rs for lr, rs in by_lr.items() if not any(r["diverged"] for r in rs)}
     pool = ok or by_lr
-    best_lr = min(pool, key=lambda lr: statistics.median(r["final_loss"] for r in pool[lr]))
+    best_lr = min(pool, key=lambda lr: statistics.median(final_loss(r) for r in pool[lr]))
     best = pool[best_lr]
     return {
         "divergences": f"{sum(r['diverged'] for r in sel)}/{len(sel)}",
         "lr": best_lr,
-        "mean_err": max(r["mean_err"] for r in best),
-        "sd_err": max(r["sd_err"] for r in best),
-        "khat": max(r["khat"] for r in best),
+        "mean_err": spread([r["mean_err"] for r in best]),
+        "sd_err": spread([r["sd_err"] for r in best]),
+        "khat": spread([r["khat"] for r in best]),
         "elbo": statistics.median(r["elbo"] for r in best),
         "seconds": statistics.median(r["seconds"] for r in best),
-        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in best),
+        "cpu_seconds": statistics.median(r.get("cpu_seconds") or math.nan for r in best),
     }
+
+
+def spread(values):
+    """``"worst (median)"`` over seeds, or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{max(values):.2f} ({statistics.median(values):.2f})"
+
+
+def final_loss(row):
+    """The run's mean loss over its last 200 steps (rows rebuilt from a log carry -ELBO instead)."""
+    return row["final_loss"] if row.get("final_loss") is not None else -row["elbo"]
 
 
 def main(args):
@@ -145,7 +157,9 @@ def main(args):
     rows, to_run = [], models
     if args.merge:  # the rows of earlier runs (e.g. models split over processes): report only
         reports = [json.loads(Path(f).read_text()) for f in args.merge]
-        rows = [r for rep in reports for r in rep["rows"]]
+        for rep in reports:  # a later report replaces the earlier rows of the models it holds
+            again = {r["model"] for r in rep["rows"]}
+            rows = [r for r in rows if r["model"] not in again] + rep["rows"]
         models = list(dict.fromkeys(r["model"] for r in rows))
         guides = list(dict.fromkeys(r["guide"] for r in rows))
         to_run = []
@@ -167,7 +181,8 @@ def main(args):
                + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
     intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
              f"the recipe: {args.recipe_seeds} seeds, it picks its learning rate), then at the best learning rate the worst over "
-             "seeds of max |mean error| / reference sd, max |sd ratio - 1| and PSIS k-hat, the median ELBO and the "
+             "seeds (and the median, in brackets) of max |mean error| / reference sd, max |sd ratio - 1| and PSIS k-hat "
+             "(every scalar component, on the unconstrained scale), the median ELBO and the "
              f"median wall time of one fit ({args.steps} steps, {args.particles} particles; the recipe adds its warm "
              "start and probes). NUTS: the wall time of the reference run (chains run one after another).")
     table = ["| model | guide | divergences | lr | mean err (sd) | sd err | k-hat | ELBO | seconds | CPU seconds |",
@@ -180,8 +195,8 @@ def main(args):
                      f"{nuts.get('seconds', float('nan')):.1f} | {'-' if cpu is None else f'{cpu:.1f}'} |")
         for guide_name in guides:
             s = summarize(rows, model_name, guide_name)
-            table.append(f"| {model_name} | {guide_name} | {s['divergences']} | {s['lr']} | {s['mean_err']:.2f} | "
-                         f"{s['sd_err']:.2f} | {s['khat']:.2f} | {s['elbo']:.2f} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} |")
+            table.append(f"| {model_name} | {guide_name} | {s['divergences']} | {s['lr']} | {s['mean_err']} | "
+                         f"{s['sd_err']} | {s['khat']} | {s['elbo']:.2f} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} |")
     return write_report(args.out, args.name, command, rows, "Posterior accuracy against NUTS", intro, table)
 
 
@@ -199,7 +214,9 @@ def parse_args(argv=None):
     parser.add_argument("--recipe-num-flows", type=int, default=4, help="the recipe's number of layers")
     parser.add_argument("--recipe-base", default="diagonal", help="the recipe's base: diagonal or full")
     parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")
-    parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the report from these earlier reports' rows, running nothing")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="write the report from these earlier reports' rows, running nothing (a later file's "
+                             "rows replace the earlier rows of the same model)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     parser.add_argument("--name", default="bayes", help="the report's file stem")
     return parser.parse_args(argv)
