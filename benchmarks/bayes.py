@@ -5,7 +5,7 @@ For each model of :data:`pyro_nfvi.targets.bayes.MODELS` (reference draws shippe
 
 * Pyro's ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal``,
   ``AutoIAFNormal`` (2 transforms) and ``AutoNormalizingFlow`` (8 planar layers), and
-  :class:`~pyro_nfvi.AutoFlowGuide` for each family at its defaults: plain ``SVI`` with
+  :class:`~pyro_nfvi.AutoFlowGuide` for each family with 8 layers and its other defaults: plain ``SVI`` with
   ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and ``Trace_ELBO(num_particles, vectorized)`` for
   ``--steps`` steps, at every learning rate of ``--lrs``;
 * ``recipe``: the recommended guide (``--recipe-flow``, ``--recipe-num-flows``, ``--recipe-base``) fitted by :func:`pyro_nfvi.fit` with the
@@ -68,7 +68,7 @@ def make_guide(name, model, args):
         return PYRO_GUIDES[name](model)
     if name == "recipe":
         return AutoFlowGuide(model, flow=args.recipe_flow, num_flows=args.recipe_num_flows, base=args.recipe_base)
-    return AutoFlowGuide(model, flow=name)
+    return AutoFlowGuide(model, flow=name, num_flows=8)
 
 
 def diverged(losses):
