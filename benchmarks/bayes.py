@@ -157,9 +157,9 @@ def main(args):
     rows, to_run = [], models
     if args.merge:  # the rows of earlier runs (e.g. models split over processes): report only
         reports = [json.loads(Path(f).read_text()) for f in args.merge]
-        for rep in reports:  # a later report replaces the earlier rows of the models it holds
-            again = {r["model"] for r in rep["rows"]}
-            rows = [r for r in rows if r["model"] not in again] + rep["rows"]
+        for rep in reports:  # a later report replaces the earlier rows of the (model, guide) pairs it holds
+            again = {(r["model"], r["guide"]) for r in rep["rows"]}
+            rows = [r for r in rows if (r["model"], r["guide"]) not in again] + rep["rows"]
         models = list(dict.fromkeys(r["model"] for r in rows))
         guides = list(dict.fromkeys(r["guide"] for r in rows))
         to_run = []
@@ -216,7 +216,7 @@ def parse_args(argv=None):
     parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="write the report from these earlier reports' rows, running nothing (a later file's "
-                             "rows replace the earlier rows of the same model)")
+                             "rows replace the earlier rows of the same model and guide)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     parser.add_argument("--name", default="bayes", help="the report's file stem")
     return parser.parse_args(argv)
