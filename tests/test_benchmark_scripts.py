@@ -85,3 +85,17 @@ def test_soak_script(script, tmp_path):
     assert [r["steps"] for r in report["rows"]] == [20, 20, 20, 1]
     text = (tmp_path / "soak.md").read_text()
     assert "reduced setting" in text and "| energy | U1 planar | 1 | 20 | 0 (0) | 0 | 0 |  |" in text
+
+
+def test_bayes_script(script, tmp_path):
+    mod = script("bayes")
+    args = mod["parse_args"](["--models", "ar5", "--guides", "AutoNormal", "recipe", "--seeds", "1", "--recipe-seeds", "1",
+                              "--steps", "60", "--lrs", "0.01", "--particles", "2", "--draws", "100",
+                              "--out", str(tmp_path / "a")])
+    report = mod["main"](args)
+    assert [(r["guide"], r["seed"]) for r in report["rows"]] == [("AutoNormal", 0), ("recipe", 0)]
+    assert all(r["cpu_seconds"] > 0 and "mean_err" in r for r in report["rows"])
+    table = (tmp_path / "a" / "bayes.md").read_text()
+    assert "| ar5 | NUTS (nuts) |" in table and "| ar5 | recipe | " in table
+    merged = mod["main"](mod["parse_args"](["--merge", str(tmp_path / "a" / "bayes.json"), "--out", str(tmp_path / "b")]))
+    assert merged["rows"] == report["rows"]
