@@ -1,42 +1,15 @@
-"""The ``nfvi`` command line (also ``python -m pyro_nfvi.cli``).
-
-Subcommands, each a pair ``_add_<name>(subparsers)`` / ``_run_<name>(args) -> exit code``:
-
-* ``demo`` -- fit a 2-D energy of Rezende & Mohamed (2015), U1 by default, with an
-  :class:`~pyro_nfvi.guides.AutoFlowGuide` trained by :class:`~pyro_nfvi.guides.FastSVI` on the
-  annealed free energy (:func:`pyro_nfvi.targets.fit_energy`), and print the fitted bound, the grid
-  log Z and their gap (an estimate of KL(q || p)).  ``--checkpoint PATH`` writes an atomic checkpoint
-  every ``--checkpoint-every`` steps; ``--resume`` continues from it, with the same result as an
-  uninterrupted run.  Exit status 1 if the fit diverges (the message names the learning rate), 2 for
-  a bad argument (an unwritable ``--plot`` or ``--checkpoint`` path is refused before the fit; so is
-  a ``--resume`` checkpoint written with other settings), 130 after Ctrl-C (a one-line message, no
-  traceback).
-
-Planned (not yet implemented): ``energy`` (the U1-U4 sweep of ``examples/energy.py`` through the flow
-guides), ``vae`` (a flow-VAE on the shipped binarized MNIST) and ``fit`` (a flow guide for a user
-model).  Add each as another ``_add_*``/``_run_*`` pair registered in :func:`build_parser`.
-"""
-import argparse
-import os
+"""``nfvi demo``: fit a 2-D energy of Rezende & Mohamed with a flow guide and print the fitted bound."""
 import sys
 
-from .targets import ENERGIES
-from .transforms import FAMILIES
+from ..targets import ENERGIES
+from ..transforms import FAMILIES
+from .arguments import check_output_path, positive_int
 
-__all__ = ["build_parser", "main", "EXIT_INTERRUPTED"]
-
-#: Exit status after Ctrl-C (``KeyboardInterrupt``): 128 + SIGINT, as a shell reports it.
-EXIT_INTERRUPTED = 130
+__all__ = ["add_parser", "run"]
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _add_demo(subparsers):
+def add_parser(subparsers):
+    """Add the ``demo`` subcommand to ``subparsers`` and return its parser."""
     p = subparsers.add_parser(
         "demo",
         help="fit a 2-D energy of Rezende & Mohamed with a flow and print the fitted bound",
@@ -54,11 +27,11 @@ def _add_demo(subparsers):
                    help="flow family (default: planar)")
     p.add_argument("--num-flows", type=int, default=16, help="number of flow layers K (default: 16)")
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps (default: 3000)")
-    p.add_argument("--samples", type=_positive_int, default=128, help="samples per step (default: 128)")
+    p.add_argument("--samples", type=positive_int, default=128, help="samples per step (default: 128)")
     p.add_argument("--lr", type=float, default=1e-2, help="initial Adam learning rate (default: 0.01)")
     p.add_argument("--anneal", type=float, default=0.5,
                    help="fraction of the steps over which beta rises to 1 (default: 0.5)")
-    p.add_argument("--eval-samples", type=_positive_int, default=20000,
+    p.add_argument("--eval-samples", type=positive_int, default=20000,
                    help="samples for the bound estimates (default: 20000)")
     p.add_argument("--log-every", type=int, default=500, help="report every N steps (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -66,36 +39,26 @@ def _add_demo(subparsers):
                    help="save a figure of the target and of q's samples to PATH (e.g. demo.png)")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="write a checkpoint of the fit to PATH every --checkpoint-every steps (atomic)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N",
+    p.add_argument("--checkpoint-every", type=positive_int, default=500, metavar="N",
                    help="steps between checkpoints (default: 500)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint if it exists (same settings); the result is identical "
                         "to an uninterrupted run")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-step reports")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(run=run)
     return p
 
 
-def _check_output_path(option, path):
-    """Raise a ``ValueError`` unless ``path`` can be written (checked before a long fit, not after)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{option} {path}: the folder {folder} is not writable; choose another path")
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path} is a folder; give a file name such as {os.path.join(path, 'demo.png')}")
-
-
-def _run_demo(args):
-    from .targets import fit_energy, plot_energy_fits
+def run(args):
+    """Run ``nfvi demo`` with parsed ``args``; return the exit code."""
+    from ..targets import fit_energy, plot_energy_fits
 
     if args.plot:
-        _check_output_path("--plot", args.plot)
+        check_output_path("--plot", args.plot)
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     if args.checkpoint:
-        _check_output_path("--checkpoint", args.checkpoint)
+        check_output_path("--checkpoint", args.checkpoint)
     steps = args.steps
     anneal_steps = int(round(args.anneal * steps))
     schedule = f"beta_t = 0.01 + 0.99 min(1, t/{anneal_steps})" if anneal_steps > 0 else "beta = 1"
@@ -139,47 +102,3 @@ def _run_demo(args):
     return 0
 
 
-def build_parser():
-    """Return the ``nfvi`` argument parser with one subparser per subcommand.
-
-    Example:
-        >>> args = build_parser().parse_args(["demo", "--steps", "10"])
-        >>> args.steps, args.target, args.flow
-        (10, 'U1', 'planar')
-    """
-    parser = argparse.ArgumentParser(
-        prog="nfvi", description="Variational inference with normalizing flows for Pyro."
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_demo(subparsers)
-    # planned: _add_energy(subparsers), _add_vae(subparsers), _add_fit(subparsers)
-    return parser
-
-
-def main(argv=None):
-    """Run the ``nfvi`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
-
-    Example:
-        >>> main(["demo", "--steps", "5", "--samples", "8", "--num-flows", "2",
-        ...       "--eval-samples", "100", "--quiet"])  # doctest: +ELLIPSIS
-        nfvi demo: U1 ...
-        fitted bound  : ...
-        0
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return args.run(args)
-    except ValueError as err:
-        parser.exit(2, f"nfvi {args.command}: error: {err}\n")
-    except KeyboardInterrupt:
-        # Ctrl-C: a short message and the shell's status for SIGINT (128 + 2), not a traceback
-        print(f"\nnfvi {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Argument types and checks shared by the ``nfvi`` subcommands (run before any work starts)."""
+import argparse
+import os
+
+__all__ = ["positive_int", "check_output_path", "check_output_folder"]
+
+
+def positive_int(text):
+    """``argparse`` type: an integer >= 1 (``--samples 0`` is refused with a clear message)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def check_output_path(option, path):
+    """Raise a ``ValueError`` unless ``path`` can be written (checked before a long fit, not after)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {folder} is not writable; choose another path")
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name such as {os.path.join(path, 'demo.png')}")
+
+
+
+
+def check_output_folder(option, path):
+    """Create the report folder ``path`` (and its parents) now, or raise a ``ValueError`` naming ``option``."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a file; give a folder for the report")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{option} {path}: cannot create the folder ({err.strerror}); choose another path") from err
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder is not writable; choose another path")
