@@ -5,7 +5,12 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
 
 1. **warm start** -- fit the Gaussian base first with the flow held at its initialisation
    (:meth:`AutoFlowGuide.fit_base <pyro_nfvi.guides.AutoFlowGuide.fit_base>`), so that the flow
-   starts at the posterior's location and scale instead of learning the scale itself;
+   starts at the posterior's location and scale instead of learning the scale itself; a guide
+   built with ``precondition=True`` is instead whitened with the Laplace approximation at the MAP
+   (:meth:`AutoFlowGuide.fit_laplace <pyro_nfvi.guides.AutoFlowGuide.fit_laplace>`), so that the
+   flow learns where the posterior is close to :math:`\mathcal N(0, I)` (the collinear
+   regression's mean error fell from 1.9 to 0.05 sd), falling back to ``fit_base`` where there is
+   no mode (a funnel);
 2. **step-size selection** -- a short probe run from the same state for each candidate learning
    rate; the largest one whose smoothed loss is within two standard errors of the lowest
    continues (a short probe favours small steps; non-finite losses disqualify);
@@ -58,7 +63,10 @@ class FitResult:
         losses (list of float): the loss (negative ELBO estimate) of every step of the main run.
         lr (float): the learning rate chosen (after any halving by the guard).
         probe_scores (dict): candidate learning rate -> smoothed probe loss (``inf`` if it diverged).
-        warm_start_losses (list of float): the losses of the warm start (empty if none).
+        warm_start (str): ``"laplace"`` (a preconditioned guide whitened with the Laplace
+            approximation), ``"base"`` (the Gaussian base fitted on the ELBO) or ``None``.
+        warm_start_error (str): why the Laplace warm start was not possible (then ``"base"``).
+        warm_start_losses (list of float): the losses of the ``"base"`` warm start (empty if none).
         rollbacks (int): how many times the guard rolled back after a non-finite loss.
         skipped (int): steps of the main run not applied because a gradient (or the loss) was not finite.
         stopped_early (bool): whether the stopping rule ended the run.
@@ -68,6 +76,8 @@ class FitResult:
     losses: list = field(default_factory=list)
     lr: float = math.nan
     probe_scores: dict = field(default_factory=dict)
+    warm_start: str = None
+    warm_start_error: str = None
     warm_start_losses: list = field(default_factory=list)
     rollbacks: int = 0
     skipped: int = 0
@@ -260,8 +270,15 @@ def fit(
     start = time.perf_counter()
     result = FitResult()
     loss = make_loss(estimator, guide, num_particles, vectorize_particles)
-    if warm_start and warm_start_steps and callable(getattr(guide, "fit_base", None)):
+    if warm_start and getattr(guide, "preconditioner", None) is not None and callable(getattr(guide, "fit_laplace", None)):
+        try:  # a preconditioned guide: whiten with the Laplace approximation (none on a funnel)
+            guide.fit_laplace(*args, **kwargs)
+            result.warm_start = "laplace"
+        except ValueError as err:
+            result.warm_start_error = str(err)
+    if warm_start and warm_start_steps and result.warm_start is None and callable(getattr(guide, "fit_base", None)):
         result.warm_start_losses = guide.fit_base(*args, num_steps=warm_start_steps, num_particles=num_particles, **kwargs)
+        result.warm_start = "base"
     tensors = _trainable(model, guide, args, kwargs)
     if not tensors:
         raise ValueError("fit found no parameters in the guide (or the model) to train")

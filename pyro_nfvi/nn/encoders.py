@@ -26,15 +26,20 @@ ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "softplus": nn.Softplus, "tanh": 
 def inverse_softplus(y):
     r"""The ``x`` with :math:`\mathrm{softplus}(x) = \log(1 + e^x) = y` for a positive float ``y``.
 
-    Computed as :math:`y + \log(-\mathrm{expm1}(-y))`, stable for small and large ``y``.
+    Computed as :math:`y + \log(-\mathrm{expm1}(-y))`, stable for small and large ``y``; elementwise
+    for a tensor.
 
     Args:
-        y (float): a positive number.
+        y (float or torch.Tensor): a positive number, or a tensor of them.
 
     Example:
         >>> round(float(torch.nn.functional.softplus(torch.tensor(inverse_softplus(0.1)))), 6)
         0.1
     """
+    if isinstance(y, torch.Tensor):
+        if not bool((y > 0).all()) or not bool(torch.isfinite(y).all()):
+            raise ValueError("inverse_softplus needs finite positive numbers, got a tensor with others")
+        return y + torch.log(-torch.expm1(-y))
     y = float(y)
     if not y > 0 or not math.isfinite(y):
         raise ValueError(f"inverse_softplus needs a finite positive number, got {y!r}")
