@@ -29,12 +29,18 @@ def test_construction_script(script, tmp_path):
 
 def test_stability_script(script, tmp_path):
     mod = script("stability")
-    args = mod["parse_args"](["--seeds", "1", "--steps", "105", "--lrs", "0.01", "--guides", "planar",
-                              "AutoNormal", "--out", str(tmp_path)])
-    report = mod["main"](args)
-    assert [r["guide"] for r in report["rows"]] == ["planar", "AutoNormal"]
+    argv = ["--models", "eight_schools_noncentered", "ar5", "--seeds", "1", "--steps", "105", "--lrs", "0.01",
+            "--guides", "planar", "AutoNormal", "--out", str(tmp_path)]
+    report = mod["main"](mod["parse_args"](argv))
+    assert [(r["model"], r["guide"]) for r in report["rows"]] == [
+        ("eight_schools_noncentered", "planar"), ("eight_schools_noncentered", "AutoNormal"),
+        ("ar5", "planar"), ("ar5", "AutoNormal")]
     assert all(r["steps"] == 105 and r["diverged_at"] is None for r in report["rows"])
-    assert "| planar | 0/1" in (tmp_path / "stability.md").read_text()
+    md = (tmp_path / "stability_models.md").read_text()
+    assert "| eight_schools_noncentered | planar | 0/1" in md and "| ar5 | AutoNormal | 0/1" in md
+    # a rerun skips the finished runs; a second seed adds only its own
+    again = mod["main"](mod["parse_args"](["--models", "ar5", "--seeds", "2"] + argv[5:]))
+    assert len(again["rows"]) == 6 and sum(r["seed"] == 1 for r in again["rows"]) == 2
 
 
 def test_nuts_reference_script(script, tmp_path):
