@@ -88,14 +88,19 @@ def test_demo_smoke_writes_every_report_file(capsys, tmp_path):
 
 
 def test_demo_energy_part_alone(capsys, tmp_path):
-    assert main(["demo", "--only", "energy", "--out", str(tmp_path), "--quiet"] + TINY_ENERGY) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(["demo", "--only", "energy", "--out", str(tmp_path), "--quiet", "--threads", "1"] + TINY_ENERGY) == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the demo only
     out = capsys.readouterr().out
     fit = _energy(out)
     assert math.isfinite(fit["bound"]) and fit["log_z"] == pytest.approx(1.8775, abs=1e-4)
     assert fit["kl"] == pytest.approx(fit["log_z"] - fit["bound"], abs=2e-4)
     assert not re.search(r"^step\s", out, flags=re.M)  # no per-step lines unless --log-every
     assert "Eight schools" not in out and not list(tmp_path.glob("*.nc"))
-    assert "## 1. Eight schools" not in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## 1. Eight schools" not in summary and "torch 2" in summary and "(1 thread)" in summary
 
 
 def test_demo_improves_the_bound_shows_a_bar_and_reports(capsys, tmp_path):
@@ -264,7 +269,9 @@ def test_eight_schools_verdict_names_the_closer_guide_or_the_split():
     def verdict(*guides):
         return EightSchools(nuts_idata=None, nuts_loo=None, nuts_info={}, guides=list(guides)).verdict()
 
-    assert verdict(guide("A", 1.1, 0.9), guide("B", 0.4, 0.5)).startswith("B is closer to NUTS, in both")
+    both = verdict(guide("A", 1.1, 0.9), guide("B", 0.4, 0.5))
+    assert both.startswith("B is closer to NUTS, in both") and both.endswith("Neither is within 0.1 NUTS sd in every mean and sd.")
+    assert verdict(guide("A", 1.1, 0.9), guide("B", 0.05, 0.1)).endswith("Within 0.1 NUTS sd in every mean and sd: B.")
     split = verdict(guide("A", 0.3, 0.9), guide("B", 0.4, 0.5))
     assert split.startswith("Neither guide is closer on both counts: A has the closer means, B the closer sds")
     assert "A: mean error 0.30 sd, sd error 0.90" in split

@@ -59,6 +59,9 @@ def add_parser(subparsers):
     common.add_argument("--only", choices=PARTS, default=None, help="run one part only (default: both)")
     common.add_argument("--seed", type=int, default=0, help="random seed of every fit (default: 0)")
     common.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:N] (default: cpu)")
+    common.add_argument("--threads", type=positive_int, default=1,
+                        help="torch CPU threads (default: 1; the demo's tensors are small, and more threads "
+                             "only contend, badly so on a busy machine)")
     common.add_argument("--quiet", action="store_true", help="no progress bars")
 
     schools = p.add_argument_group("eight schools")
@@ -75,8 +78,8 @@ def add_parser(subparsers):
     energy.add_argument("--flow", choices=sorted(FAMILIES) + ["none"], default="planar",
                         help="flow family (default: planar)")
     energy.add_argument("--num-flows", type=positive_int, default=16, help="number of flow layers K (default: 16)")
-    energy.add_argument("--energy-steps", type=positive_int, default=3000, metavar="N",
-                        help="optimisation steps (default: 3000)")
+    energy.add_argument("--energy-steps", type=positive_int, default=2000, metavar="N",
+                        help="optimisation steps (default: 2000)")
     energy.add_argument("--samples", type=positive_int, default=128, help="samples per step (default: 128)")
     energy.add_argument("--lr", type=float, default=1e-2, help="initial Adam learning rate (default: 0.01)")
     energy.add_argument("--anneal", type=float, default=0.5,
@@ -190,7 +193,8 @@ def _run_eight_schools(args, device, report, files):
         "both on the unconstrained scale (log tau) (`pyro_nfvi.evaluation.posterior_error`, "
         f"{args.draws} draws); PSIS k-hat of the importance weights p(y, z) / q(z) (< 0.5 good, < 0.7 usable, "
         "Yao et al. 2018); elpd_loo: PSIS-LOO, importance-corrected for the guides (`pyro_nfvi.diagnostics.loo`, "
-        "Magnusson et al. 2019), `arviz.loo` for NUTS.\n\n"
+        "Magnusson et al. 2019), `arviz.loo` for NUTS. NUTS's seconds: the shipped reference run's wall time "
+        "(`benchmarks/nuts_reference.py`), not run here.\n\n"
         "### Posterior of mu, tau and theta (`az.summary`)\n\n"
         + posterior.markdown()
         + "\n\n![tau's posterior](tau.png)\n"
@@ -238,8 +242,21 @@ def run(args):
     import torch
 
     device = _check(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args, device):
+    import torch
+
     argv = getattr(args, "argv", None)
     started = datetime.datetime.now(datetime.timezone.utc)
+    # the cores may be shared: the load says how far the wall times below are from an idle machine's
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
     parts = PARTS if args.only is None else (args.only,)
     print(f"nfvi demo: {', '.join(parts)}; report in {args.out}", flush=True)
     report, files, seconds = [], [], {}
@@ -264,8 +281,9 @@ def run(args):
         "# nfvi demo\n\n"
         f"- command: `{command_line('nfvi', argv if argv is not None else ['demo'])}`\n"
         f"- date: {started:%Y-%m-%d %H:%M} UTC\n"
-        f"- machine: {machine_description()}\n"
-        f"- wall time: {total:.1f} s ({timing}), seed {args.seed}, device {device}\n"
+        f"- machine: {machine_description()}; load average at the start {load}\n"
+        f"- wall time: {total:.1f} s of fitting and evaluation ({timing}; imports not counted), seed {args.seed}, "
+        f"device {device}\n"
     )
     listing = "## Files\n\n" + "".join(f"- `{name}`: {what}\n" for name, what in files)
     path = os.path.join(args.out, "summary.md")

@@ -79,17 +79,13 @@ def machine_description():
         >>> "torch" in machine_description() and "pyro" in machine_description()
         True
     """
+    import arviz
     import pyro
     import torch
 
-    try:
-        import arviz
-
-        arviz_version = f", arviz {arviz.__version__}"
-    except ImportError:  # pragma: no cover - arviz is a dependency
-        arviz_version = ""
+    threads = torch.get_num_threads()
     return (
         f"{_cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"pyro {pyro.__version__}{arviz_version}"
+        f"Python {platform.python_version()}, torch {torch.__version__} ({threads} thread{'s' if threads != 1 else ''}), "
+        f"pyro {pyro.__version__}, arviz {arviz.__version__}"
     )
