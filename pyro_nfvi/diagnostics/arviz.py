@@ -184,7 +184,7 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
             if mask is not None and not bool(mask.all()):
                 masks[name] = _draws(site, mask.to(lp.dtype), depth, 0, coords)[0][0, 0]
     if num_samples >= MIN_PSIS_DRAWS:
-        khat = pareto_khat(log_weight).numpy()
+        khat = pareto_khat(log_weight).cpu().numpy()  # under a CUDA default device, too
     else:  # too few draws for a tail fit: arviz's convention, k-hat = inf
         khat = np.full(log_weight.shape[1:], np.inf)
     khat = float(khat) if khat.ndim == 0 else khat.astype(np.float64)
