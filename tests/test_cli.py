@@ -175,6 +175,8 @@ def test_demo_bad_out_exits_2_before_any_fit(capsys, no_fits, tmp_path, where, e
     "argv, expected",
     [
         (["--anneal", "1.5"], "--anneal must lie in [0, 1]"),
+        (["--draws", "20"], "--draws must be at least 21"),
+        (["--samples", "1"], "--samples must be at least 2"),
         (["--lr", "0"], "--lr must be positive"),
         (["--resume"], "--resume needs --checkpoint"),
         (["--checkpoint", "/missing/x.pt"], "--checkpoint /missing/x.pt: the folder /missing does not exist"),

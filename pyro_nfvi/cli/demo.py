@@ -101,7 +101,13 @@ def add_parser(subparsers):
 
 def _check(args):
     """Every argument check, before any work: raise ``ValueError`` naming the argument."""
+    from ..evaluation.psis import MIN_PSIS_DRAWS
+
     device = check_device("--device", args.device)
+    for option, value, minimum in (("--draws", args.draws, MIN_PSIS_DRAWS), ("--samples", args.samples, 2),
+                                   ("--eval-samples", args.eval_samples, 2)):
+        if value < minimum:  # else the fits would run first and the evaluation fail after them
+            raise ValueError(f"{option} must be at least {minimum}, got {value}")
     for option, value in (("--schools-lr", args.schools_lr), ("--lr", args.lr)):
         if not value > 0:
             raise ValueError(f"{option} must be positive, got {value}")
