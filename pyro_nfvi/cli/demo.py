@@ -1,4 +1,4 @@
-"""``nfvi demo``: the plugin's job in two minutes -- swap a Pyro model's guide for a flow, fit with SVI, check against NUTS.
+"""``nfvi demo``: the plugin's job in two minutes -- swap a model's guide for a flow, fit with SVI, check against NUTS.
 
 Two parts, both by default (``--only`` picks one), each with a tqdm progress bar (``--quiet``: none):
 
@@ -185,8 +185,9 @@ def _run_eight_schools(args, device, report, files):
     files.append(("tau.png", "tau's posterior: NUTS, AutoNormal and the flow"))
     guides, posterior, verdict = _guide_table(result), _posterior_table(result), result.verdict()
     info = result.nuts_info
+    nan = float("nan")
     reference = (f"{len(result.nuts_idata.posterior.draw)} draws of {info.get('source', 'NUTS')} (split R-hat max "
-                 f"{info.get('rhat_max', float('nan')):.3f}, bulk ESS min {info.get('ess_bulk_min', float('nan')):.0f})")
+                 f"{info.get('rhat_max', nan):.3f}, bulk ESS min {info.get('ess_bulk_min', nan):.0f})")
     report.append(
         "## 1. Eight schools (centered): AutoNormal vs AutoFlowGuide, against NUTS\n\n"
         "`pyro_nfvi.targets.bayes.eight_schools(centered=True)`: `mu ~ N(0, 5)`, `tau ~ HalfCauchy(5)`, "
@@ -195,7 +196,8 @@ def _run_eight_schools(args, device, report, files):
         + f"- **NUTS reference**: {reference}\n\n"
         + guides.markdown()
         + f"\n\n**Which is closer to NUTS:** {verdict}\n\n"
-        "Mean error = max over mu, tau, theta of |mean_q - mean_NUTS| / sd_NUTS, sd error = max |sd_q / sd_NUTS - 1|, "
+        "Mean error = max over mu, tau, theta of |mean_q - mean_NUTS| / sd_NUTS, "
+        "sd error = max |sd_q / sd_NUTS - 1|, "
         "both on the unconstrained scale (log tau) (`pyro_nfvi.evaluation.posterior_error`, "
         f"{args.draws} draws); PSIS k-hat of the importance weights p(y, z) / q(z) (< 0.5 good, < 0.7 usable, "
         "Yao et al. 2018); elpd_loo: PSIS-LOO, importance-corrected for the guides (`pyro_nfvi.diagnostics.loo`, "

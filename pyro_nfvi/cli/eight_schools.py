@@ -1,4 +1,4 @@
-r"""The eight schools part of ``nfvi demo``: swap ``AutoNormal`` for ``AutoFlowGuide``, fit through SVI, compare with NUTS.
+r"""The eight schools part of ``nfvi demo``: ``AutoNormal`` or ``AutoFlowGuide``, fitted through SVI, against NUTS.
 
 What a user of the package does with an existing Pyro model, on Rubin's eight schools in the
 centered form (:func:`pyro_nfvi.targets.bayes.eight_schools`, ``theta ~ N(mu, tau)``: a funnel
@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pyro
-import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.optim import ClippedAdam
@@ -41,7 +40,17 @@ from ..recipe import fit
 from ..targets.bayes import MODELS
 from ..targets.reference import load_reference
 
-__all__ = ["MODEL", "TARGET", "EightSchools", "GuideReport", "compare", "evaluate", "fit_autonormal", "fit_flow", "quiet_pyro"]
+__all__ = [
+    "MODEL",
+    "TARGET",
+    "EightSchools",
+    "GuideReport",
+    "compare",
+    "evaluate",
+    "fit_autonormal",
+    "fit_flow",
+    "quiet_pyro",
+]
 
 #: The benchmark model of :data:`pyro_nfvi.targets.bayes.MODELS` the demo fits.
 MODEL = "eight_schools_centered"
@@ -79,7 +88,7 @@ class GuideReport:
 
 @dataclass
 class EightSchools:
-    """The result of :func:`compare`: the NUTS reference (``nuts_idata``, ``nuts_loo``, ``nuts_info``) and the guides."""
+    """The result of :func:`compare`: the NUTS reference (``nuts_idata``, ``nuts_loo``, ``nuts_info``), the guides."""
 
     nuts_idata: object = field(repr=False)
     nuts_loo: object
@@ -87,12 +96,13 @@ class EightSchools:
     guides: list
 
     def verdict(self):
-        """Which guide is closer to NUTS in the means and in the sds (or that they split), and which meet :data:`TARGET`."""
+        """Which guide is closer to NUTS in the means and the sds (or that they split); which meet :data:`TARGET`."""
         if len(self.guides) < 2:
             return ""
         by_mean = min(self.guides, key=lambda g: g.error.mean)
         by_sd = min(self.guides, key=lambda g: g.error.sd)
-        errors = "; ".join(f"{g.name}: mean error {g.error.mean:.2f} sd, sd error {g.error.sd:.2f}" for g in self.guides)
+        errors = "; ".join(f"{g.name}: mean error {g.error.mean:.2f} sd, sd error {g.error.sd:.2f}"
+                           for g in self.guides)
         if by_mean is by_sd:
             verdict = f"{by_mean.name} is closer to NUTS, in both the means and the sds ({errors})."
         else:
@@ -106,7 +116,7 @@ class EightSchools:
 
 @contextmanager
 def quiet_pyro():
-    """Silence Pyro's INFO messages (``Guessed max_plate_nesting = ...``) for the duration; restore the level after."""
+    """Silence Pyro's INFO messages (``Guessed max_plate_nesting = ...``) for the duration; then restore the level."""
     logger = logging.getLogger("pyro")
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -126,7 +136,7 @@ def fit_autonormal(model, *args, steps=1000, lr=0.01, num_particles=8, progress=
         FloatingPointError: if a loss is not finite (naming the step and the learning rate).
 
     Example:
-        >>> import pyro.distributions as dist
+        >>> import pyro.distributions as dist, torch
         >>> def model(y):
         ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
         ...     with pyro.plate("data", len(y)):
@@ -145,7 +155,8 @@ def fit_autonormal(model, *args, steps=1000, lr=0.01, num_particles=8, progress=
             loss = svi.step(*args)
             if not math.isfinite(loss):
                 raise FloatingPointError(
-                    f"AutoNormal: the loss was {loss} at step {step}/{steps} with lr={lr:g}; use a smaller learning rate"
+                    f"AutoNormal: the loss was {loss} at step {step}/{steps} with lr={lr:g}; "
+                    "use a smaller learning rate"
                 )
             losses.append(loss)
             if step % 50 == 0 or step == steps:

@@ -86,6 +86,7 @@ def machine_description():
     threads = torch.get_num_threads()
     return (
         f"{_cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, torch {torch.__version__} ({threads} thread{'s' if threads != 1 else ''}), "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({threads} thread{'s' if threads != 1 else ''}), "
         f"pyro {pyro.__version__}, arviz {arviz.__version__}"
     )

@@ -353,7 +353,7 @@ def _vectorized_draws(probe, draws, depth):
 
 
 def reference_inference_data(model, draws, *args, **kwargs):
-    r"""An ``arviz.InferenceData`` of posterior draws made elsewhere (NUTS, or exact), laid out as :func:`to_inference_data`'s.
+    r"""An ``arviz.InferenceData`` of reference draws (NUTS, exact), in the layout of :func:`to_inference_data`.
 
     The model runs once, vectorized over the draws: every latent site is conditioned on its draws
     :math:`\theta_s` inside ``pyro.plate`` of the draws, and each observed site gives
@@ -399,7 +399,8 @@ def reference_inference_data(model, draws, *args, **kwargs):
             with pyro.plate(SAMPLE_PLATE, num_draws, dim=-(depth + 1)):
                 return model(*a, **k)
 
-        trace = prune_subsample_sites(poutine.trace(poutine.condition(vectorized, data=data)).get_trace(*args, **kwargs))
+        trace = poutine.trace(poutine.condition(vectorized, data=data)).get_trace(*args, **kwargs)
+        trace = prune_subsample_sites(trace)
         posterior, loglik, observed, dims, coords = {}, {}, {}, {}, {}
         for name, site in trace.nodes.items():
             if site["type"] != "sample":
@@ -415,7 +416,8 @@ def reference_inference_data(model, draws, *args, **kwargs):
             if not site["is_observed"] or isinstance(fn, Unit) or site["value"].numel() == 0:
                 continue  # pyro.factor: no data points
             if _site_mask(site) is not None:
-                raise ValueError(f"observed site {name!r} is masked; reference_inference_data needs every point observed")
+                raise ValueError(f"observed site {name!r} is masked; reference_inference_data needs every point "
+                                 "observed")
             lp = site_log_prob(site, scaled=False).expand(fn.batch_shape)
             loglik[name], dims[name] = _draws(site, lp, depth, 0, coords)
             full = tuple(fn.batch_shape) + tuple(fn.event_shape)

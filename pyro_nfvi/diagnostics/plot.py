@@ -46,7 +46,9 @@ def plot_marginals(posteriors, var_name, path, bins=60, tail=0.005, title=None):
     for label, posterior in posteriors.items():
         if hasattr(posterior, "posterior"):
             if var_name not in posterior.posterior:
-                raise ValueError(f"{label}: no variable {var_name!r} in the posterior; have {list(posterior.posterior)}")
+                raise ValueError(
+                    f"{label}: no variable {var_name!r} in the posterior; have {list(posterior.posterior)}"
+                )
             values = np.asarray(posterior.posterior[var_name])
             values = values.reshape(values.shape[0] * values.shape[1], -1)
         else:
