@@ -22,6 +22,7 @@ in ``(log tau, theta)``, hard for every Gaussian guide):
 """
 import logging
 import math
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -178,6 +179,9 @@ def fit_flow(model, *args, flow="iaf", num_flows=4, steps=1000, progress=True):
     """
     guide = AutoFlowGuide(model, flow=flow, num_flows=num_flows)
     warm_start_steps, probe_steps = steps // 2, max(10, steps // 10)
+    if progress:  # the warm start has no bar of its own: say what the pause is
+        tqdm.write(f"AutoFlowGuide: warm start of the Gaussian base ({warm_start_steps} steps), then the recipe's "
+                   "probes and main run", file=sys.stderr)
     result = fit(model, guide, *args, num_steps=steps, warm_start_steps=warm_start_steps,
                  probe_steps=probe_steps, progress=progress)
     phases = {"warm start": len(result.warm_start_losses), "probes": probe_steps * len(result.probe_scores),
