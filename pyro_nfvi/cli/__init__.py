@@ -3,15 +3,19 @@
 Subcommands, each a module of this package with ``add_parser(subparsers)`` and ``run(args) -> exit code``,
 listed in :data:`SUBCOMMANDS`:
 
-* ``demo`` -- fit a 2-D energy of Rezende & Mohamed (2015), U1 by default, with an
-  :class:`~pyro_nfvi.guides.AutoFlowGuide` trained by :class:`~pyro_nfvi.guides.FastSVI` on the
-  annealed free energy (:func:`pyro_nfvi.targets.fit_energy`), and print the fitted bound, the grid
-  log Z and their gap (an estimate of KL(q || p)).  ``--checkpoint PATH`` writes an atomic checkpoint
-  every ``--checkpoint-every`` steps; ``--resume`` continues from it, with the same result as an
-  uninterrupted run.  Exit status 1 if the fit diverges (the message names the learning rate), 2 for
-  a bad argument (an unwritable ``--plot`` or ``--checkpoint`` path is refused before the fit; so is
-  a ``--resume`` checkpoint written with other settings), 130 after Ctrl-C (a one-line message, no
-  traceback).
+* ``demo`` -- the plugin's job in two minutes (what ``make demo`` runs): on the centered eight
+  schools, Pyro's ``AutoNormal`` under plain SVI against :class:`~pyro_nfvi.AutoFlowGuide` under the
+  recipe :func:`pyro_nfvi.fit`, each compared with the shipped NUTS draws (moment errors, PSIS k-hat,
+  ``arviz.summary``, importance-corrected LOO); then U1 of Rezende & Mohamed (2015) fitted with a
+  planar flow (bound, grid log Z, KL).  A report folder (``--out``, default ``runs/demo``):
+  ``summary.md``, ``tau.png``, ``u1.png`` and the guides' InferenceData as netCDF.  ``--only`` runs
+  one part; ``--checkpoint PATH``/``--resume`` checkpoint and resume the U1 fit.  See
+  :mod:`pyro_nfvi.cli.demo`.
+
+Every command checks its arguments before any work (a bad one: exit status 2 and a message naming
+it), shows tqdm progress bars unless ``--quiet``, exits with status 1 if a fit diverges and 130
+after Ctrl-C (a one-line message, no traceback).  Helpers: :mod:`~pyro_nfvi.cli.arguments` (shared
+argument checks), :mod:`~pyro_nfvi.cli.report` (tables, machine, command line of a report).
 
 Planned (not yet implemented): ``energy`` (the U1-U4 sweep of ``examples/energy.py`` through the flow
 guides), ``vae`` (a flow-VAE on the shipped binarized MNIST) and ``fit`` (a flow guide for a user
@@ -36,9 +40,9 @@ def build_parser():
     """Return the ``nfvi`` argument parser with one subparser per subcommand.
 
     Example:
-        >>> args = build_parser().parse_args(["demo", "--steps", "10"])
-        >>> args.steps, args.target, args.flow
-        (10, 'U1', 'planar')
+        >>> args = build_parser().parse_args(["demo", "--energy-steps", "10"])
+        >>> args.energy_steps, args.target, args.flow, args.out
+        (10, 'U1', 'planar', 'runs/demo')
     """
     parser = argparse.ArgumentParser(
         prog="nfvi", description="Variational inference with normalizing flows for Pyro."
@@ -53,14 +57,18 @@ def main(argv=None):
     """Run the ``nfvi`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
     Example:
-        >>> main(["demo", "--steps", "5", "--samples", "8", "--num-flows", "2",
-        ...       "--eval-samples", "100", "--quiet"])  # doctest: +ELLIPSIS
-        nfvi demo: U1 ...
-        fitted bound  : ...
+        >>> import tempfile
+        >>> main(["demo", "--only", "energy", "--energy-steps", "5", "--samples", "8", "--num-flows", "2",
+        ...       "--eval-samples", "100", "--quiet", "--out", tempfile.mkdtemp()])  # doctest: +ELLIPSIS
+        nfvi demo: energy; report in ...
+        U1 of Rezende & Mohamed, planar flow (K=2), ...
+        report: .../summary.md (... s)
         0
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # for the command line a report records
     if args.command is None:
         parser.print_help()
         return 2

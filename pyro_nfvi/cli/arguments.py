@@ -2,7 +2,7 @@
 import argparse
 import os
 
-__all__ = ["positive_int", "check_output_path", "check_output_folder"]
+__all__ = ["positive_int", "check_device", "check_output_path", "check_output_folder"]
 
 
 def positive_int(text):
@@ -24,8 +24,6 @@ def check_output_path(option, path):
         raise ValueError(f"{option} {path} is a folder; give a file name such as {os.path.join(path, 'demo.png')}")
 
 
-
-
 def check_output_folder(option, path):
     """Create the report folder ``path`` (and its parents) now, or raise a ``ValueError`` naming ``option``."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -36,3 +34,34 @@ def check_output_folder(option, path):
         raise ValueError(f"{option} {path}: cannot create the folder ({err.strerror}); choose another path") from err
     if not os.access(path, os.W_OK):
         raise ValueError(f"{option} {path}: the folder is not writable; choose another path")
+
+
+def check_device(option, name):
+    """Return ``torch.device(name)``, or raise a ``ValueError`` naming ``option`` if it is malformed or absent here.
+
+    Example:
+        >>> check_device("--device", "cpu")
+        device(type='cpu')
+        >>> check_device("--device", "gpu")
+        Traceback (most recent call last):
+            ...
+        ValueError: --device gpu: not a torch device; use cpu, cuda or cuda:N
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{option} {name}: not a torch device; use cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{option} {name}: CUDA is not available here (torch {torch.__version__}, "
+                f"{'built without CUDA' if torch.version.cuda is None else 'no GPU found'}); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: there are {torch.cuda.device_count()} CUDA devices; use cuda:0 .. "
+                             f"cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"{option} {name}: only cpu and cuda are supported")
+    return device

@@ -1,10 +1,13 @@
-"""ArviZ diagnostics for guides: :func:`to_inference_data` and importance-corrected :func:`loo`.
+"""ArviZ diagnostics for guides: :func:`to_inference_data`, importance-corrected :func:`loo`, and
+:func:`reference_inference_data` for reference (NUTS) draws in the same layout; :func:`plot_marginals`
+draws a variable's marginal under several of them on one axis.
 
 The ArviZ objects are built in :mod:`pyro_nfvi.diagnostics.arviz` (written against arviz 0.23);
 :func:`psislw`, the Pareto smoothing of log weights, lives in :mod:`pyro_nfvi.evaluation.psis` and
 is re-exported here.
 """
 from ..evaluation.psis import psislw
-from .arviz import loo, to_inference_data
+from .arviz import loo, reference_inference_data, to_inference_data
+from .plot import plot_marginals
 
-__all__ = ["loo", "psislw", "to_inference_data"]
+__all__ = ["loo", "plot_marginals", "psislw", "reference_inference_data", "to_inference_data"]

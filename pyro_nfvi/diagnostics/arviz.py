@@ -13,9 +13,12 @@ import math
 
 import arviz as az
 import numpy as np
+import pyro
 import torch
+from pyro import poutine
 from pyro.distributions import Unit
 from pyro.distributions.torch_distribution import MaskedDistribution
+from pyro.poutine.util import prune_subsample_sites
 from scipy.special import logsumexp
 
 from ..evaluation.model_kwargs import check_model_kwargs
@@ -31,7 +34,7 @@ from ..evaluation.traces import (
 
 from ..validation import check_choice, check_int
 
-__all__ = ["loo", "to_inference_data", "OBSERVED_MASK"]
+__all__ = ["loo", "reference_inference_data", "to_inference_data", "OBSERVED_MASK"]
 
 _SCALES = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}
 
@@ -181,7 +184,7 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
             if mask is not None and not bool(mask.all()):
                 masks[name] = _draws(site, mask.to(lp.dtype), depth, 0, coords)[0][0, 0]
     if num_samples >= MIN_PSIS_DRAWS:
-        khat = pareto_khat(log_weight).numpy()
+        khat = pareto_khat(log_weight).cpu().numpy()  # under a CUDA default device, too
     else:  # too few draws for a tail fit: arviz's convention, k-hat = inf
         khat = np.full(log_weight.shape[1:], np.inf)
     khat = float(khat) if khat.ndim == 0 else khat.astype(np.float64)
@@ -321,3 +324,109 @@ def loo(idata, var_name=None, reff=1.0, pointwise=True, scale="log"):
     data += [scale, good_k, float(posterior_k[0])]
     index += ["scale", "good_k", "posterior_k"]
     return az.ELPDData(data=data, index=index)
+
+
+def _vectorized_draws(probe, draws, depth):
+    """``{site: (S, 1, ..., *site shape)}``: each latent site's draws laid out under the sample plate."""
+    latent = [n for n, s in probe.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+    missing, extra = sorted(set(latent) - set(draws)), sorted(set(draws) - set(latent))
+    if missing or extra:
+        raise ValueError(
+            f"draws must hold one entry per latent site of the model, {sorted(latent)}; "
+            + (f"missing {missing}" if missing else f"not latent sites: {extra}")
+        )
+    sizes = {name: len(draws[name]) for name in latent}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"every site needs the same number of draws, got {sizes}")
+    out = {}
+    for name in latent:
+        site = probe.nodes[name]
+        shape = tuple(site["value"].shape)
+        value = torch.as_tensor(draws[name])
+        if tuple(value.shape[1:]) != shape:
+            raise ValueError(
+                f"site {name!r}: draws of shape {tuple(value.shape)}, expected (num_draws,) + {shape}"
+            )
+        batch = len(shape) - site["fn"].event_dim
+        out[name] = value.to(site["value"].dtype).reshape((len(value),) + (1,) * (depth - batch) + shape)
+    return out
+
+
+def reference_inference_data(model, draws, *args, **kwargs):
+    r"""An ``arviz.InferenceData`` of reference draws (NUTS, exact), in the layout of :func:`to_inference_data`.
+
+    The model runs once, vectorized over the draws: every latent site is conditioned on its draws
+    :math:`\theta_s` inside ``pyro.plate`` of the draws, and each observed site gives
+    :math:`\log p(y_i \mid \theta_s)` per data point.  Groups: ``posterior`` (same variable and dim
+    names as :func:`to_inference_data`'s, so that ``arviz.summary`` and plots line up),
+    ``log_likelihood`` and ``observed_data``.  There is no ``sample_stats.log_weight``: the draws
+    are posterior draws, so plain ``arviz.loo`` applies (and this package's :func:`loo` does not).
+
+    Args:
+        model: the Pyro model.
+        draws (dict): ``{site: draws (num_draws, *site shape)}`` for every latent site, e.g.
+            :func:`pyro_nfvi.targets.reference.load_reference`'s ``draws``.
+        *args, **kwargs: the model's arguments (the data).
+
+    Returns:
+        arviz.InferenceData
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("obs", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> y = torch.tensor([0.1, 0.5, -0.2])
+        >>> post = dist.Normal(y.sum() / 4, 0.5).sample((500,))  # the exact posterior
+        >>> idata = reference_inference_data(model, {"mu": post}, y)
+        >>> idata.posterior["mu"].shape, idata.log_likelihood["y"].dims
+        ((1, 500), ('chain', 'draw', 'obs'))
+        >>> bool(az.loo(idata).elpd_loo < 0)
+        True
+    """
+    check_model_kwargs(reference_inference_data, model, kwargs)
+    if not isinstance(draws, dict) or not draws:
+        raise ValueError("draws must be a non-empty dict {site: tensor of draws (num_draws, *site shape)}")
+    depth = max_plate_nesting(model, model, args, kwargs)
+    with torch.no_grad():
+        with poutine.block():
+            probe = prune_subsample_sites(poutine.trace(model).get_trace(*args, **kwargs))
+        data = _vectorized_draws(probe, draws, depth)
+        num_draws = len(next(iter(data.values())))
+
+        def vectorized(*a, **k):
+            with pyro.plate(SAMPLE_PLATE, num_draws, dim=-(depth + 1)):
+                return model(*a, **k)
+
+        trace = poutine.trace(poutine.condition(vectorized, data=data)).get_trace(*args, **kwargs)
+        trace = prune_subsample_sites(trace)
+        posterior, loglik, observed, dims, coords = {}, {}, {}, {}, {}
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            fn = site["fn"]
+            if name in data:
+                posterior[name], dims[name] = _draws(site, site["value"], depth, fn.event_dim, coords)
+                continue
+            if site["infer"].get("_deterministic"):
+                value, event_dim = _deterministic_value(site["value"], num_draws, depth)
+                posterior[name], dims[name] = _draws(site, value, depth, event_dim, coords)
+                continue
+            if not site["is_observed"] or isinstance(fn, Unit) or site["value"].numel() == 0:
+                continue  # pyro.factor: no data points
+            if _site_mask(site) is not None:
+                raise ValueError(f"observed site {name!r} is masked; reference_inference_data needs every point "
+                                 "observed")
+            lp = site_log_prob(site, scaled=False).expand(fn.batch_shape)
+            loglik[name], dims[name] = _draws(site, lp, depth, 0, coords)
+            full = tuple(fn.batch_shape) + tuple(fn.event_shape)
+            observed[name] = _draws(site, site["value"].expand(full), depth, fn.event_dim, coords)[0][0, 0]
+    return az.from_dict(
+        posterior=posterior,
+        log_likelihood=loglik or None,
+        observed_data=observed or None,
+        coords=coords,
+        dims=dims,
+        attrs={"inference_library": "pyro_nfvi (reference draws)"},
+    )

@@ -12,7 +12,7 @@ def _density_grid(name, extent, resolution, box, wall):
     centres = torch.linspace(-extent, extent, resolution, dtype=torch.float64)
     z2, z1 = torch.meshgrid(centres, centres, indexing="ij")  # rows = z2 (y axis), columns = z1
     u = target_energy(name, box, wall)(torch.stack([z1, z2], dim=-1))
-    return torch.exp(-(u - u.min())).numpy()
+    return torch.exp(-(u - u.min())).cpu().numpy()
 
 
 def plot_energy_fits(fits, path, num_samples=50000, bins=120, extent=BOX, box=BOX, wall=0.1, seed=0):
@@ -60,7 +60,7 @@ def plot_energy_fits(fits, path, num_samples=50000, bins=120, extent=BOX, box=BO
                           cmap="viridis", aspect="equal")
         axes[i, 0].set_title(f"{name}: exp(-U)", fontsize=9)
         for j, fit in enumerate(row, start=1):
-            z = fit.sample(num_samples, seed=seed).double().numpy()
+            z = fit.sample(num_samples, seed=seed).double().cpu().numpy()  # a fit on a GPU, too
             axes[i, j].hist2d(z[:, 0], z[:, 1], bins=bins, range=[span[:2], span[2:]], cmap="viridis")
             axes[i, j].set_aspect("equal")
             axes[i, j].set_title(
