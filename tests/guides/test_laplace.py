@@ -104,15 +104,31 @@ def test_preconditioner_is_the_identity_until_set():
     assert torch.equal(t(x), x) and torch.equal(t.log_abs_det_jacobian(x, x), torch.zeros(4))
 
 
-def test_recipe_whitens_a_preconditioned_guide_and_falls_back_on_a_funnel():
+def test_recipe_keeps_the_laplace_whitening_where_its_elbo_is_higher_and_falls_back_on_a_funnel():
     model_c, args_c = MODELS["collinear_regression"]()
     guide = AutoFlowGuide(model_c, precondition=True, model_args=args_c)
-    result = fit(model_c, guide, *args_c, num_steps=3, lrs=(1e-3,), num_particles=2, progress=False)
-    assert result.warm_start == "laplace" and result.warm_start_error is None and not result.warm_start_losses
+    result = fit(model_c, guide, *args_c, num_steps=3, lrs=(1e-3,), num_particles=2, warm_start_steps=20, progress=False)
+    assert result.warm_start == "laplace" and result.warm_start_error is None and len(result.warm_start_losses) == 20
+    assert result.warm_start_bounds["laplace"] > result.warm_start_bounds["base"] + 100  # the base barely moved
+    assert not torch.equal(guide.preconditioner.scale_tril, torch.eye(guide.latent_dim))
     funnel_model, args_f = funnel()
     guide = AutoFlowGuide(funnel_model, precondition=True, model_args=args_f, name="f")
     result = fit(funnel_model, guide, *args_f, num_steps=3, lrs=(1e-3,), num_particles=2, warm_start_steps=5, progress=False)
     assert result.warm_start == "base" and "fit_base" in result.warm_start_error and len(result.warm_start_losses) == 5
     plain = AutoFlowGuide(funnel_model, model_args=args_f, name="p")
     result = fit(funnel_model, plain, *args_f, num_steps=3, lrs=(1e-3,), num_particles=2, warm_start_steps=5, progress=False)
-    assert result.warm_start == "base" and result.warm_start_error is None
+    assert result.warm_start == "base" and result.warm_start_error is None and not result.warm_start_bounds
+
+
+def cauchy():
+    pyro.sample("u", dist.Cauchy(0.0, 1.0))
+
+
+def test_recipe_keeps_the_fitted_base_where_the_laplace_gaussian_is_worse():
+    """A Cauchy's Laplace approximation, N(0, 1/2), is narrower than its best Gaussian under the ELBO."""
+    pyro.set_rng_seed(0)
+    guide = AutoFlowGuide(cauchy, flow="none", precondition=True, model_args=())
+    result = fit(cauchy, guide, num_steps=3, lrs=(1e-3,), num_particles=8, warm_start_steps=300, progress=False)
+    assert result.warm_start == "base"
+    assert result.warm_start_bounds["base"] > result.warm_start_bounds["laplace"] + 0.05
+    assert torch.equal(guide.preconditioner.scale_tril, torch.eye(1))  # the whitening was undone
