@@ -132,3 +132,21 @@ def test_recipe_keeps_the_fitted_base_where_the_laplace_gaussian_is_worse():
     assert result.warm_start == "base"
     assert result.warm_start_bounds["base"] > result.warm_start_bounds["laplace"] + 0.05
     assert torch.equal(guide.preconditioner.scale_tril, torch.eye(1))  # the whitening was undone
+
+
+def test_a_preconditioned_guide_trains_with_fast_svi_and_serves_predictive():
+    from pyro.infer import Predictive, Trace_ELBO
+
+    from pyro_nfvi.guides import FastSVI
+
+    pyro.set_rng_seed(0)
+    with pyro.settings.context(module_local_params=True):
+        guide = AutoFlowGuide(model, flow="iaf", num_flows=2, precondition=True, model_args=())
+        guide.fit_laplace()
+        shift = guide.preconditioner.shift.clone()
+        svi = FastSVI(model, guide, Trace_ELBO(num_particles=4, vectorize_particles=True), lr=1e-3)
+        losses = [svi.step() for _ in range(20)]
+        draws = Predictive(model, guide=guide, num_samples=4000, parallel=True)()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert torch.equal(guide.preconditioner.shift, shift)  # a buffer: no optimizer moves it
+    assert (draws["z"].mean(0) - MEAN).abs().max() < 0.1
