@@ -9,7 +9,9 @@ For each model of :data:`pyro_nfvi.targets.bayes.MODELS` (reference draws shippe
   ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and ``Trace_ELBO(num_particles, vectorized)`` for
   ``--steps`` steps, at every learning rate of ``--lrs``;
 * ``recipe``: the recommended guide (``--recipe-flow``, ``--recipe-num-flows``, ``--recipe-base``) fitted by :func:`pyro_nfvi.fit` with the
-  same step budget and the same learning-rate grid (it probes the grid and keeps the best).
+  same step budget and the same learning-rate grid (it probes the grid and keeps the best);
+* ``recipe (precondition)``: the same guide built with ``precondition=True``, whose warm start also
+  tries the Laplace whitening and keeps the Gaussian with the higher ELBO (``--guides 'recipe (precondition)'``).
 
 Measured per run (guide draws against the reference, every scalar component of every site, on the
 unconstrained scale ``biject_to(support).inv``: log tau, not tau): max |mean error| / reference sd,
@@ -63,11 +65,16 @@ PYRO_GUIDES = {
 }
 
 
+#: The recipe on ``AutoFlowGuide(..., precondition=True)``: its warm start also tries the Laplace whitening.
+RECIPE_PRECONDITIONED = "recipe (precondition)"
+
+
 def make_guide(name, model, args):
     if name in PYRO_GUIDES:
         return PYRO_GUIDES[name](model)
-    if name == "recipe":
-        return AutoFlowGuide(model, flow=args.recipe_flow, num_flows=args.recipe_num_flows, base=args.recipe_base)
+    if name.startswith("recipe"):
+        return AutoFlowGuide(model, flow=args.recipe_flow, num_flows=args.recipe_num_flows, base=args.recipe_base,
+                             precondition=name == RECIPE_PRECONDITIONED)
     return AutoFlowGuide(model, flow=name, num_flows=8)
 
 
@@ -85,12 +92,13 @@ def run(model_name, guide_name, lr, seed, args):
     guide = make_guide(guide_name, model, args)
     row = {"model": model_name, "guide": guide_name, "lr": lr, "seed": seed}
     start, cpu_start = time.perf_counter(), time.process_time()
-    if guide_name == "recipe":
+    if guide_name.startswith("recipe"):
         result = fit(model, guide, *model_args, num_steps=args.steps, lrs=tuple(args.lrs), num_particles=args.particles,
                      estimator=args.estimator, progress=False)
         losses = result.losses
         row.update(lr=result.lr, probe_scores={str(k): v for k, v in result.probe_scores.items()},
-                   rollbacks=result.rollbacks, warm_start_steps=len(result.warm_start_losses))
+                   rollbacks=result.rollbacks, warm_start_steps=len(result.warm_start_losses),
+                   warm_start=result.warm_start, warm_start_bounds=result.warm_start_bounds)
     else:
         svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": lr, "clip_norm": 10.0}),
                   Trace_ELBO(num_particles=args.particles, vectorize_particles=True))
@@ -122,7 +130,7 @@ def summarize(rows, model_name, guide_name):
     sel = [r for r in rows if r["model"] == model_name and r["guide"] == guide_name]
     by_lr = {}
     for r in sel:  # the recipe picks its own learning rate: all its runs form one group
-        by_lr.setdefault("auto" if guide_name == "recipe" else r["lr"], []).append(r)
+        by_lr.setdefault("auto" if guide_name.startswith("recipe") else r["lr"], []).append(r)
     ok = {lr: rs for lr, rs in by_lr.items() if not any(r["diverged"] for r in rs)}
     pool = ok or by_lr
     best_lr = min(pool, key=lambda lr: statistics.median(final_loss(r) for r in pool[lr]))
@@ -165,8 +173,8 @@ def main(args):
         to_run = []
     for model_name in to_run:
         for guide_name in guides:
-            lrs = [None] if guide_name == "recipe" else args.lrs
-            seeds = args.recipe_seeds if guide_name == "recipe" else args.seeds
+            lrs = [None] if guide_name.startswith("recipe") else args.lrs
+            seeds = args.recipe_seeds if guide_name.startswith("recipe") else args.seeds
             for lr in lrs:
                 for seed in range(seeds):
                     row = run(model_name, guide_name, lr, seed, args)
