@@ -17,11 +17,14 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
 3. **clipping and decay** -- :class:`~pyro.optim.ClippedAdam` (per-parameter gradient clipping)
    with the learning rate decaying geometrically to ``final_lr_fraction`` of its value, so that
    the last steps average out the optimiser's noise;
-4. **the estimator** -- ``"dreg"`` (the default: the importance-weighted bound with ``num_particles``
-   particles and doubly reparameterised gradients, whose ``q`` covers the posterior's tails better
-   than the ELBO's: on eight schools the sd error of log tau fell from 0.3 to 0.05),
-   ``"stl"`` (sticking the landing), ``"elbo"`` (:class:`~pyro.infer.Trace_ELBO`) or any Pyro
-   ELBO instance;
+4. **the estimator** -- ``"auto"`` (the default) is ``"dreg"``, the importance-weighted bound with
+   ``num_particles`` particles and doubly reparameterised gradients, whose ``q`` covers the
+   posterior's tails better than the ELBO's (on eight schools the sd error of log tau fell from 0.3
+   to 0.05), except after a Laplace warm start, where it is ``"elbo"``: the whitened posterior is
+   already close to the Gaussian, and there DReG training raised PSIS k-hat from about 0.3 to
+   0.75-1.0 on the collinear regression and AR(5) while the ELBO kept it near 0.3 with mean and sd
+   errors below 0.06; ``"stl"`` (sticking the landing), ``"dreg"``, ``"elbo"``
+   (:class:`~pyro.infer.Trace_ELBO`) or any Pyro ELBO instance force a choice;
 5. **a guard** -- the optimiser is a :class:`~pyro_nfvi.guides.guard.GuardedOptim`: a step whose
    gradients are not finite is skipped (parameters and Adam's moments unchanged), and after
    ``max_skips`` consecutive skips a ``FloatingPointError`` names the step, the first parameter
@@ -51,8 +54,8 @@ from .validation import check_choice, check_int, check_positive
 
 __all__ = ["ESTIMATORS", "FitResult", "fit", "make_loss"]
 
-#: Names accepted by :func:`fit`'s ``estimator``.
-ESTIMATORS = ("elbo", "stl", "dreg")
+#: Names accepted by :func:`fit`'s ``estimator`` (``"auto"``: ``"dreg"``, or ``"elbo"`` after a Laplace warm start).
+ESTIMATORS = ("auto", "elbo", "stl", "dreg")
 
 
 @dataclass
@@ -68,6 +71,7 @@ class FitResult:
         warm_start_bounds (dict): ``"laplace"``/``"base"`` -> the ELBO estimate of each warm start
             tried on a preconditioned guide (the higher one is kept).
         warm_start_error (str): why the Laplace warm start was not possible (then ``"base"``).
+        estimator (str): the estimator used (``"auto"`` resolved), or the ELBO instance's class name.
         warm_start_losses (list of float): the losses of the ``"base"`` warm start (empty if none).
         rollbacks (int): how many times the guard rolled back after a non-finite loss.
         skipped (int): steps of the main run not applied because a gradient (or the loss) was not finite.
@@ -81,6 +85,7 @@ class FitResult:
     warm_start: str = None
     warm_start_bounds: dict = field(default_factory=dict)
     warm_start_error: str = None
+    estimator: str = None
     warm_start_losses: list = field(default_factory=list)
     rollbacks: int = 0
     skipped: int = 0
@@ -99,6 +104,8 @@ def make_loss(estimator, guide, num_particles, vectorize):
     if not isinstance(estimator, str):
         return estimator
     check_choice("estimator", estimator, ESTIMATORS)
+    if estimator == "auto":
+        estimator = "dreg"
     if estimator != "elbo":
         from .guides.base import FlowGuide  # noqa: PLC0415 - objectives below need our guides
 
@@ -229,7 +236,7 @@ def fit(
     num_steps=2000,
     lrs=(1e-2, 5e-3, 1e-3),
     probe_steps=None,
-    estimator="dreg",
+    estimator="auto",
     num_particles=8,
     vectorize_particles=True,
     clip_norm=10.0,
@@ -264,7 +271,8 @@ def fit(
         num_steps (int): steps of the main run (probes and warm start come on top).
         lrs (sequence of float): candidate learning rates; one candidate skips the probes.
         probe_steps (int): steps of each probe (default ``num_steps // 10``, at least 50).
-        estimator (str or pyro.infer.ELBO): ``"stl"``, ``"dreg"``, ``"elbo"``, or an ELBO instance.
+        estimator (str or pyro.infer.ELBO): ``"auto"`` (``"dreg"``, or ``"elbo"`` after a Laplace
+            warm start), ``"stl"``, ``"dreg"``, ``"elbo"``, or an ELBO instance.
         num_particles (int): particles per gradient estimate.
         vectorize_particles (bool): draw the particles in one vectorized pass.
         clip_norm (float): :class:`~pyro.optim.ClippedAdam`'s per-parameter gradient norm bound.
@@ -314,9 +322,14 @@ def fit(
         )
     start = time.perf_counter()
     result = FitResult()
-    loss = make_loss(estimator, guide, num_particles, vectorize_particles)
+    if isinstance(estimator, str):
+        check_choice("estimator", estimator, ESTIMATORS)
     if warm_start:
         _warm_start(model, guide, args, kwargs, warm_start_steps, num_particles, result)
+    if estimator == "auto":
+        estimator = "elbo" if result.warm_start == "laplace" else "dreg"
+    result.estimator = estimator if isinstance(estimator, str) else type(estimator).__name__
+    loss = make_loss(estimator, guide, num_particles, vectorize_particles)
     tensors = _trainable(model, guide, args, kwargs)
     if not tensors:
         raise ValueError("fit found no parameters in the guide (or the model) to train")
