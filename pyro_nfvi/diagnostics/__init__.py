@@ -1,7 +1,7 @@
 """ArviZ diagnostics for guides: :func:`to_inference_data` and importance-corrected :func:`loo`.
 
-The ArviZ objects are built in :mod:`pyro_nfvi.diagnostics.arviz` (written against arviz 0.23);
-:func:`psislw`, the Pareto smoothing of log weights, lives in :mod:`pyro_nfvi.evaluation.psis` and
+The ArviZ objects are built in ``pyro_nfvi.diagnostics.arviz`` (written against arviz 0.23);
+:func:`psislw`, the Pareto smoothing of log weights, lives in ``pyro_nfvi.evaluation.psis`` and
 is re-exported here.
 """
 from ..evaluation.psis import psislw

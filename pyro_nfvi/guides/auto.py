@@ -20,10 +20,10 @@ from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
 __all__ = ["AutoFlowGuide", "BASES", "STABLE_BY_DEFAULT"]
 
-#: The affine bases :class:`AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
+#: The affine bases :class:`~pyro_nfvi.guides.AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
 BASES = ("diagonal", "full")
 
-#: Families whose layers :class:`AutoFlowGuide` builds in their gated (contracting) form unless
+#: Families whose layers :class:`~pyro_nfvi.guides.AutoFlowGuide` builds in their gated (contracting) form unless
 #: ``stable=False`` is passed: see "Stability" in the class docstring.
 STABLE_BY_DEFAULT = ("iaf", "coupling")
 
@@ -56,7 +56,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     :class:`~pyro.infer.JitTrace_ELBO` works (Pyro's own flow autoguides fail there, pyro issue
     #3132), an optimizer can be built before the first step, and ``load_state_dict`` works on a
     fresh guide.  The state is the parameters plus a configuration fingerprint (see
-    :mod:`pyro_nfvi.guides.state`): ``state_dict``, ``torch.save(guide)`` and Pyro's param store
+    ``pyro_nfvi.guides.state``): ``state_dict``, ``torch.save(guide)`` and Pyro's param store
     all round-trip exactly, and a state saved from another configuration is refused.
 
     **Stability.**  IAF and affine coupling layers are built in their gated form by default
@@ -71,7 +71,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     **Defaults.**  ``flow="iaf", num_flows=4`` in the gated form: on the posterior benchmark
     (``benchmarks/bayes.py``) no family beat another by much under plain ``SVI`` with the ELBO,
     IAF did best on the hierarchical logistic regression, and 4 gated IAF layers trained with
-    :func:`pyro_nfvi.fit` gave the best moment accuracy against NUTS; ``init_scale=0.1`` as
+    :func:`pyro_nfvi.recipe.fit` gave the best moment accuracy against NUTS; ``init_scale=0.1`` as
     Pyro's ``AutoNormal`` (the recipe's warm start fits the scale).
 
     A latent site inside a subsampled plate raises a ``ValueError`` pointing to
@@ -236,7 +236,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
 
     def sample_latent(self, *args, **kwargs):
         """Sample the packed latent at the auxiliary site (path-derivative ``log q`` inside
-        :func:`~pyro_nfvi.guides.path.path_derivative`)."""
+        ``pyro_nfvi.guides.path.path_derivative``)."""
         posterior = path_posterior(self, self.get_posterior(*args, **kwargs))
         return pyro.sample(f"_{self._pyro_name}_latent", posterior, infer={"is_auxiliary": True})
 
@@ -255,7 +255,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         with ``num_particles`` vectorized particles; the flow's parameters are left untouched.
 
         Args:
-            *args, **kwargs: the model's arguments.
+            *args: the model's arguments.
+            **kwargs: keyword arguments, as ``*args``.
             num_steps (int): Adam steps.
             lr (float): Adam's learning rate.
             num_particles (int): particles of each ELBO estimate.
