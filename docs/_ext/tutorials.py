@@ -14,17 +14,27 @@ import ast
 import base64
 import contextlib
 import io
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
-from myst_parser.parsers.sphinx_ import MystParser
-from sphinx.util import logging
+try:  # the parser is only needed inside Sphinx; a run (``python tutorials.py ...``) needs neither
+    from myst_parser.parsers.sphinx_ import MystParser
+    from sphinx.util import logging
+except ImportError:  # pragma: no cover
+    MystParser, logging = object, None
 
-__all__ = ["Cell", "TutorialParser", "execute", "split_cells", "to_markdown", "setup"]
+__all__ = ["Cell", "TutorialParser", "execute", "run_script", "split_cells", "start_runs", "to_markdown", "setup"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(__name__) if logging else None
+
+#: Seconds a tutorial may run before its build fails.
+TIMEOUT = 600
 
 #: The line that starts a new cell.
 CELL_MARKER = "# %%"
@@ -39,6 +49,15 @@ class Cell:
         self.line = line
         self.output = ""
         self.figures = []
+
+    def to_dict(self):
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, data):
+        cell = cls(data["text"], data["code"], data["line"])
+        cell.output, cell.figures = data["output"], data["figures"]
+        return cell
 
 
 def split_cells(source):
@@ -133,6 +152,43 @@ def to_markdown(intro, cells, script, seconds):
     return "\n".join(parts)
 
 
+def run_script(path):
+    """Run the tutorial at ``path`` in this process; return its JSON-able result."""
+    with open(path, encoding="utf-8") as file:
+        intro, cells = split_cells(file.read())
+    cpu = time.process_time()
+    seconds, error = execute(cells, path)
+    return {"intro": intro, "cells": [cell.to_dict() for cell in cells], "seconds": seconds,
+            "cpu_seconds": time.process_time() - cpu, "error": error}
+
+
+def run_in_subprocess(path):
+    """Run the tutorial at ``path`` in a fresh Python process (one torch thread); return its result."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(entry for entry in sys.path if entry))
+    with tempfile.TemporaryDirectory(prefix="nfvi-tutorial-run-") as folder:
+        result_path = os.path.join(folder, "result.json")
+        try:
+            process = subprocess.run([sys.executable, os.path.abspath(__file__), path, result_path],
+                                     env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return {"error": f"it ran for more than {TIMEOUT} s"}
+        if not os.path.exists(result_path):
+            return {"error": f"its process exited with status {process.returncode}:\n{process.stderr[-4000:]}"}
+        with open(result_path, encoding="utf-8") as file:
+            return json.load(file)
+
+
+def start_runs(app, env, added, changed, removed):
+    """``env-get-outdated``: start every tutorial's run now, and have Sphinx re-read them all."""
+    docnames = sorted(name for name in env.found_docs
+                      if name.startswith("tutorials/") and str(env.doc2path(name)).endswith(".py"))
+    pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+    app.tutorial_runs = {name: pool.submit(run_in_subprocess, str(env.doc2path(name))) for name in docnames}
+    pool.shutdown(wait=False)
+    return docnames
+
+
 class TutorialParser(MystParser):
     """Parse a ``docs/tutorials/*.py`` script by running it and rendering the result as MyST."""
 
@@ -141,16 +197,37 @@ class TutorialParser(MystParser):
     def parse(self, inputstring, document):
         path = document.current_source
         script = os.path.basename(path)
-        intro, cells = split_cells(inputstring)
-        seconds, error = execute(cells, path)
+        env = document.settings.env
+        future = getattr(env.app, "tutorial_runs", {}).get(env.docname)
+        result = future.result() if future is not None else run_script(path)
+        intro, _ = split_cells(inputstring)
+        cells = [Cell.from_dict(cell) for cell in result.get("cells", [])]
+        seconds, error = result.get("seconds", 0.0), result.get("error")
         if error is not None:
-            logger.error("tutorial %s failed: %s", script, error, location=path, type="tutorial")
+            logger.error("tutorial %s failed: %s", script, error, location=env.docname, type="tutorial")
         else:
-            logger.info("tutorial %s ran in %.1f s", script, seconds)
+            logger.info("tutorial %s ran in %.1f s (%.1f s of CPU)", script, seconds,
+                        result.get("cpu_seconds", float("nan")))
         super().parse(to_markdown(intro, cells, script, seconds), document)
 
 
 def setup(app):
     app.add_source_suffix(".py", "tutorial")
     app.add_source_parser(TutorialParser)
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
+    app.connect("env-get-outdated", start_runs)
+    return {"parallel_read_safe": False, "parallel_write_safe": True}
+
+
+def main(argv):
+    """``python tutorials.py SCRIPT RESULT.json``: run one tutorial, write its result."""
+    import torch
+
+    torch.set_num_threads(1)
+    script, result_path = argv
+    result = run_script(script)
+    with open(result_path, "w", encoding="utf-8") as file:
+        json.dump(result, file)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
