@@ -25,7 +25,7 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "inventories", "_ext", "README.md"]
+exclude_patterns = ["_build", "inventories", "_ext", "conf.py"]
 root_doc = "index"
 
 html_theme = "furo"
@@ -51,6 +51,7 @@ napoleon_type_aliases = {
     "Tensor": "torch.Tensor",
     "nn.Module": "torch.nn.Module",
     "list[int]": ":class:`list` of :class:`int`",
+    "Path": "pathlib.Path",
     "AutoFlowGuide": "pyro_nfvi.guides.AutoFlowGuide",
     "AmortizedFlowGuide": "pyro_nfvi.guides.AmortizedFlowGuide",
     "AnnealedELBO": "pyro_nfvi.objectives.AnnealedELBO",
@@ -86,5 +87,3 @@ nitpick_ignore = [
     ("py:class", "NonFiniteGuard"),
 ]
 
-# Tutorials (docs/tutorials/*.py) are executed at build time by docs/_ext/tutorials.py.
-tutorials_timeout = 120
