@@ -22,7 +22,7 @@ import torch
 
 from pyro_nfvi.targets import fit_energy
 
-TARGET, STEPS, K = "U3", 150, 8  # 3000 steps for converged fits
+TARGET, STEPS, K = "U3", 120, 8  # 3000 steps for converged fits
 
 # %%
 # ## The families at equal length

@@ -22,7 +22,7 @@ from pyro_nfvi.evaluation import posterior_error, psis_khat
 from pyro_nfvi.targets.bayes import eight_schools
 from pyro_nfvi.targets.reference import load_reference
 
-NUM_STEPS = 300  # 2000 for a converged fit
+NUM_STEPS = 250  # 2000 for a converged fit
 
 model, (sigma, y) = eight_schools(centered=False)
 reference = load_reference("eight_schools_noncentered")
@@ -40,7 +40,7 @@ for name, flow, num_flows in [("Gaussian", "none", 0), ("IAF x4", "iaf", 4)]:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoFlowGuide(model, flow=flow, num_flows=num_flows, name=f"guide_{flow}")  # two guides: two names
-    result = fit(model, guide, sigma, y, num_steps=NUM_STEPS, lrs=(5e-3,), warm_start_steps=200)
+    result = fit(model, guide, sigma, y, num_steps=NUM_STEPS, lrs=(5e-3,), warm_start_steps=150)
     guides[name] = guide
     print(f"{name:9s} final loss {result.losses[-1]:7.2f} at lr {result.lr:g} ({result.seconds:.1f} s)")
 
