@@ -20,6 +20,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.intersphinx",
     "myst_parser",
+    "args_kwargs",
     "public_api",
     "tutorials",
 ]

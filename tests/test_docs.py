@@ -22,8 +22,8 @@ DOCS = ROOT / "docs"
 #: The modules with a page in the API reference (docs/api/<name>.rst).
 API_MODULES = ("transforms", "nn", "guides", "objectives", "evaluation", "recipe", "diagnostics",
                "targets", "datasets", "lightning", "cli")
-#: Modules documented on their parent's page (``public-api`` sections of docs/api/targets.rst).
-NESTED_API_MODULES = ("targets.bayes", "targets.reference")
+#: Modules documented on their parent's page (``public-api`` sections of docs/api/targets.rst and cli.rst).
+NESTED_API_MODULES = ("targets.bayes", "targets.reference", "cli.demo", "cli.arguments")
 #: Modules of the package that are not part of the public API.
 INTERNAL_MODULES = ("validation", "version")
 

@@ -11,6 +11,7 @@ import inspect
 import sys
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.pycode import ModuleAnalyzer
 from sphinx.util.docutils import SphinxDirective
@@ -52,12 +53,15 @@ class PublicAPI(SphinxDirective):
     """Document a module and every name in its ``__all__``."""
 
     required_arguments = 1
+    option_spec = {"aliases-of": directives.unchanged_required}
 
     def run(self):
         module_name = self.arguments[0]
         module = importlib.import_module(module_name)
         if not hasattr(module, "__all__"):
             raise self.error(f"public-api: {module_name} has no __all__ to document")
+        if "aliases-of" in self.options:
+            return self.aliases(module, self.options["aliases-of"].split())
         lines = [f".. automodule:: {module_name}", "   :no-members:", ""]
         for name in module.__all__:
             value = getattr(module, name)
@@ -73,6 +77,30 @@ class PublicAPI(SphinxDirective):
                 if shows_value(value):
                     lines += [f"   :value: {value!r}"]
                 lines += [""] + ["   " + line for line in data_comment(module, name, value)] + [""]
+        return self.parse(lines, module_name)
+
+    def aliases(self, module, homes):
+        """Short entries for names re-exported by ``module``, each pointing to its page in ``homes``.
+
+        So that ``pyro_nfvi.fit`` resolves as well as ``pyro_nfvi.recipe.fit``.
+        """
+        lines = [f".. py:module:: {module.__name__}", "   :no-index:", "", f".. py:currentmodule:: {module.__name__}", ""]
+        for name in module.__all__:
+            value = getattr(module, name)
+            home = next((h for h in homes if getattr(importlib.import_module(h), name, None) is value), None)
+            if inspect.ismodule(value):
+                continue  # a subpackage: its own page
+            if home is None:
+                lines += [f".. py:data:: {name}", f"   :value: {value!r}", ""]
+                lines += ["   " + line for line in data_comment(module, name, value)] + [""]
+                continue
+            role = "class" if inspect.isclass(value) else "function" if callable(value) else "data"
+            short = {"class": "class", "function": "func", "data": "data"}[role]
+            lines += [f".. py:{role}:: {name}", "   :no-contents-entry:", "",
+                      f"   The same object as :{short}:`{home}.{name}`.", ""]
+        return self.parse(lines, module.__name__)
+
+    def parse(self, lines, module_name):
         container = nodes.container()
         nested_parse_with_titles(self.state, StringList(lines, source=f"<public-api {module_name}>"), container)
         return container.children
