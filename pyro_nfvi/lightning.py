@@ -77,7 +77,7 @@ class SVIModule(lightning.LightningModule):
     Each training step computes the loss (negative ELBO) of ``loss(model, guide)`` on the batch,
     backpropagates it (Lightning's ``manual_backward``: under DDP the gradients are averaged
     across processes), checks the loss and every gradient with a
-    :class:`~pyro_nfvi.guides.guard.NonFiniteGuard` (a non-finite step is skipped on every process
+    ``pyro_nfvi.guides.guard.NonFiniteGuard`` (a non-finite step is skipped on every process
     alike: parameters and optimizer state unchanged), clips the gradient norm if asked, steps the
     optimizer, and advances an annealed objective (:class:`~pyro_nfvi.objectives.AnnealedELBO`)
     once.  It logs ``loss`` (averaged over processes), ``grad_norm`` (before clipping), ``beta``

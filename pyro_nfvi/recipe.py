@@ -14,7 +14,7 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
 2. **step-size selection** -- a short probe run from the same state for each candidate learning
    rate; the largest one whose smoothed loss is within two standard errors of the lowest
    continues (a short probe favours small steps; non-finite losses disqualify);
-3. **clipping and decay** -- :class:`~pyro.optim.ClippedAdam` (per-parameter gradient clipping)
+3. **clipping and decay** -- :class:`~pyro.optim.clipped_adam.ClippedAdam` (per-parameter gradient clipping)
    with the learning rate decaying geometrically to ``final_lr_fraction`` of its value, so that
    the last steps average out the optimiser's noise;
 4. **the estimator** -- ``"auto"`` (the default) is ``"dreg"``, the importance-weighted bound with
@@ -25,7 +25,7 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
    0.75-1.0 on the collinear regression and AR(5) while the ELBO kept it near 0.3 with mean and sd
    errors below 0.06; ``"stl"`` (sticking the landing), ``"dreg"``, ``"elbo"``
    (:class:`~pyro.infer.Trace_ELBO`) or any Pyro ELBO instance force a choice;
-5. **a guard** -- the optimiser is a :class:`~pyro_nfvi.guides.guard.GuardedOptim`: a step whose
+5. **a guard** -- the optimiser is a ``pyro_nfvi.guides.guard.GuardedOptim``: a step whose
    gradients are not finite is skipped (parameters and Adam's moments unchanged), and after
    ``max_skips`` consecutive skips a ``FloatingPointError`` names the step, the first parameter
    whose gradient went non-finite and, for a flow guide, its layer; a non-finite *loss* rolls the
@@ -267,7 +267,8 @@ def fit(
     Args:
         model (callable): the Pyro model.
         guide (callable): any guide (this package's or Pyro's).
-        *args, **kwargs: the model's arguments, the same at every step.
+        *args: the model's arguments, the same at every step.
+        **kwargs: keyword arguments, as ``*args``.
         num_steps (int): steps of the main run (probes and warm start come on top).
         lrs (sequence of float): candidate learning rates; one candidate skips the probes.
         probe_steps (int): steps of each probe (default ``num_steps // 10``, at least 50).
@@ -275,7 +276,7 @@ def fit(
             warm start), ``"stl"``, ``"dreg"``, ``"elbo"``, or an ELBO instance.
         num_particles (int): particles per gradient estimate.
         vectorize_particles (bool): draw the particles in one vectorized pass.
-        clip_norm (float): :class:`~pyro.optim.ClippedAdam`'s per-parameter gradient norm bound.
+        clip_norm (float): :class:`~pyro.optim.clipped_adam.ClippedAdam`'s per-parameter gradient norm bound.
         final_lr_fraction (float): the learning rate at the last step, as a fraction of the chosen one.
         warm_start (bool): fit the base first when the guide has ``fit_base``.
         warm_start_steps (int): steps of the warm start (default ``num_steps // 2``, within [300, 1000]).

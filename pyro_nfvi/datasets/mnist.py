@@ -112,7 +112,7 @@ def load_binarized_mnist(split=None, path=None, dtype=torch.float32, sizes=SPLIT
             from 784 pixels); default: the copy shipped inside the package.
         dtype (torch.dtype): dtype of the returned tensors (default ``torch.float32``).
         sizes (dict or None): the number of images each split must have; default
-            :data:`SPLIT_SIZES` (the shipped data: a truncated copy is refused); ``None`` accepts any
+            :data:`~pyro_nfvi.datasets.SPLIT_SIZES` (the shipped data: a truncated copy is refused); ``None`` accepts any
             number (e.g. a small file of the same format made for a test).
 
     Returns:

@@ -2,8 +2,8 @@
 :func:`reference_inference_data` for reference (NUTS) draws in the same layout; :func:`plot_marginals`
 draws a variable's marginal under several of them on one axis.
 
-The ArviZ objects are built in :mod:`pyro_nfvi.diagnostics.arviz` (written against arviz 0.23);
-:func:`psislw`, the Pareto smoothing of log weights, lives in :mod:`pyro_nfvi.evaluation.psis` and
+The ArviZ objects are built in ``pyro_nfvi.diagnostics.arviz`` (written against arviz 0.23);
+:func:`psislw`, the Pareto smoothing of log weights, lives in ``pyro_nfvi.evaluation.psis`` and
 is re-exported here.
 """
 from ..evaluation.psis import psislw

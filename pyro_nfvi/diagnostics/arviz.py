@@ -1,7 +1,7 @@
 r"""ArviZ interface (written against arviz 0.23): InferenceData from a guide, and corrected PSIS-LOO.
 
 This module builds ArviZ objects (``InferenceData``, ``ELPDData``); the numerics of the log
-weights (Pareto smoothing, :math:`\hat k`) live in :mod:`pyro_nfvi.evaluation.psis`, the only
+weights (Pareto smoothing, :math:`\hat k`) live in ``pyro_nfvi.evaluation.psis``, the only
 other module that touches ``arviz`` (``arviz.psislw``), and :func:`psislw` is re-exported from
 there.  :func:`to_inference_data` draws once from the guide (one vectorized trace of the
 guide and the replayed model) and stores the draws, the posterior predictive, the pointwise log
@@ -111,7 +111,7 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
       and data point when a data plate is known and every site lies in it; joint otherwise, unless
       ``plate=`` was passed explicitly, which then raises), with ``attrs["khat"]`` the PSIS
       :math:`\hat k` of those weights (Yao et al. 2018; ``inf`` with fewer than
-      :data:`~pyro_nfvi.evaluation.psis.MIN_PSIS_DRAWS` = 21 draws, too few for the tail fit) and
+      :data:`~pyro_nfvi.evaluation.MIN_PSIS_DRAWS` = 21 draws, too few for the tail fit) and
       ``attrs["num_samples"]``.
 
     ``pyro.factor`` terms enter the weights but not the observed groups.  Plates must not be
@@ -119,7 +119,8 @@ def to_inference_data(model, guide, *args, num_samples=1000, plate=None, **kwarg
 
     Args:
         model, guide: a Pyro model and a guide with the same signature.
-        *args, **kwargs: passed to both (the data).
+        *args: passed to both (the data).
+        **kwargs: keyword arguments, as ``*args``.
         num_samples (int): number of draws (``>= 2``).
         plate (str or False): data plate of an amortized guide (default ``guide.plate``; ``False``
             for none); selects per-point weights and :math:`\hat k`.

@@ -3,7 +3,7 @@
 All functions are generic over Pyro guides: global guides (``AutoNormal``, flow guides, ...) give
 joint estimates; amortized guides (a data plate named by ``plate=`` or ``guide.plate``) give one
 estimate per data point.  The Pareto smoothing of log weights (:func:`psislw`, :func:`pareto_khat`)
-lives in :mod:`pyro_nfvi.evaluation.psis`; :mod:`pyro_nfvi.diagnostics` builds ArviZ objects on top
+lives in ``pyro_nfvi.evaluation.psis``; :mod:`pyro_nfvi.diagnostics` builds ArviZ objects on top
 of this package and is never imported by it.
 """
 from .accuracy import PosteriorError, posterior_error

@@ -19,7 +19,7 @@ __all__ = ["PosteriorError", "posterior_error"]
 
 
 class PosteriorError(NamedTuple):
-    """``mean`` = max |mean error| / reference sd and ``sd`` = max |sd ratio - 1| over all components,
+    """``mean`` = ``max |mean error| / reference sd`` and ``sd`` = ``max |sd ratio - 1|`` over all components,
     and ``sites`` = ``{site: (mean error, sd error)}`` (each the max over the site's components)."""
 
     mean: float
@@ -37,9 +37,10 @@ def posterior_error(model, guide, *args, reference, num_samples=4000, **kwargs):
 
     Args:
         model, guide: the Pyro model and a fitted guide.
-        *args, **kwargs: the model's arguments.
+        *args: the model's arguments.
+        **kwargs: keyword arguments, as ``*args``.
         reference (dict): ``{site: tensor of draws (num_draws, *site shape)}`` (e.g.
-            :func:`pyro_nfvi.targets.reference.load_reference`'s ``draws``).
+            ``pyro_nfvi.targets.reference.load_reference``'s ``draws``).
         num_samples (int): guide draws, in one trace of the guide under a particle plate.  Only the
             guide runs: the draws do not pass through the model, whose broadcasting
             :class:`~pyro.infer.Predictive` would rely on.

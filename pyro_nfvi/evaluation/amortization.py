@@ -205,9 +205,9 @@ def amortization_gap(
 
     Args:
         model, guide: the model and the amortized guide.
-        *args, **kwargs: model/guide arguments holding the few data points ``x`` to analyse (a
-            keyword argument that is neither an option below nor one of the model's raises
-            ``TypeError`` naming both lists).
+        *args: model/guide arguments holding the few data points ``x`` to analyse.
+        **kwargs: the model/guide keyword arguments (one that is neither an option below nor one
+            of the model's raises ``TypeError`` naming both lists).
         steps (int): Adam steps of the refinement (``>= 0``).
         lr (float): Adam learning rate (``0 < lr <= MAX_LR = 1``); a refinement that diverges (a non-finite ELBO or
             an invalid distribution parameter) raises ``ValueError`` naming ``lr``.

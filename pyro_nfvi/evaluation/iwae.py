@@ -3,7 +3,7 @@ r"""Importance-weighted evaluation of a guide: log importance weights, IWAE log-
 All three functions draw from the guide in vectorized chunks (one outer ``pyro.plate``), score each
 draw under the guide that produced it and under the replayed model, and work with the log weights
 :math:`\log w_s = \log p(x, z_s) - \log q(z_s)`; the Pareto smoothing itself lives in
-:mod:`pyro_nfvi.evaluation.psis`.
+``pyro_nfvi.evaluation.psis``.
 """
 import math
 
@@ -33,7 +33,8 @@ def log_importance_weights(model, guide, *args, num_samples=1000, chunk_size=Non
 
     Args:
         model, guide: a Pyro model and a guide with the same signature.
-        *args, **kwargs: passed to both.
+        *args: passed to both.
+        **kwargs: keyword arguments, as ``*args``.
         num_samples (int): number of draws ``S``.
         chunk_size (int): draws per vectorized trace (default: all at once).
         plate (str or False): data plate for per-point weights (default ``guide.plate`` if the guide
@@ -94,7 +95,8 @@ def iwae_log_likelihood(model, guide, *args, num_samples=1000, chunk_size=100, p
 
     Args:
         model, guide: a Pyro model and a guide with the same signature.
-        *args, **kwargs: passed to both (e.g. the data batch).
+        *args: passed to both (e.g. the data batch).
+        **kwargs: keyword arguments, as ``*args``.
         num_samples (int): ``k``.
         chunk_size (int): draws per vectorized trace.
         plate (str or False): name of the data plate (default ``guide.plate`` when the guide has it;
@@ -136,7 +138,7 @@ def psis_khat(model, guide, *args, num_samples=1000, chunk_size=100, plate=None,
     r"""Pareto :math:`\hat k` of the importance weights :math:`p(x, z)/q(z)`, :math:`z \sim q`.
 
     Fits a generalized Pareto distribution to the largest weights with ``arviz.psislw``
-    (Pareto-smoothed importance sampling, :func:`pyro_nfvi.evaluation.psis.pareto_khat`).  Yao et al.
+    (Pareto-smoothed importance sampling, :func:`pyro_nfvi.evaluation.pareto_khat`).  Yao et al.
     (2018) use :math:`\hat k` as a diagnostic of the variational approximation: :math:`\hat k < 0.5`
     good, :math:`0.5 \le \hat k < 0.7` usable, :math:`\hat k \ge 0.7` the weights' variance is
     (close to) infinite and the approximation is poor.  For a proposal :math:`N(0, \sigma^2)` of a
@@ -148,8 +150,9 @@ def psis_khat(model, guide, *args, num_samples=1000, chunk_size=100, plate=None,
 
     Args:
         model, guide: a Pyro model and a guide with the same signature.
-        *args, **kwargs: passed to both.
-        num_samples (int): draws, at least :data:`~pyro_nfvi.evaluation.psis.MIN_PSIS_DRAWS` (21,
+        *args: passed to both.
+        **kwargs: keyword arguments, as ``*args``.
+        num_samples (int): draws, at least :data:`~pyro_nfvi.evaluation.MIN_PSIS_DRAWS` (21,
             the fewest for which the tail can be fitted); a few thousand for a stable fit.
         chunk_size (int): draws per vectorized trace.
         plate (str or False): data plate for one :math:`\hat k` per data point (default

@@ -3,7 +3,7 @@ r"""Pareto-smoothed importance sampling (PSIS) of log importance weights: smooth
 The numerics behind :func:`pyro_nfvi.evaluation.psis_khat` and the ArviZ diagnostics of
 :mod:`pyro_nfvi.diagnostics`: :func:`psislw` (a thin wrapper of ``arviz.psislw``),
 :func:`pareto_khat` (the :math:`\hat k` of draws-first log weights, a block of data points at a
-time) and :data:`MIN_PSIS_DRAWS`, the fewest draws for which a :math:`\hat k` can be fitted at all.
+time) and :data:`~pyro_nfvi.evaluation.MIN_PSIS_DRAWS`, the fewest draws for which a :math:`\hat k` can be fitted at all.
 
 PSIS fits a generalized Pareto distribution to the :math:`M = \lceil \min(S/5, 3\sqrt{S/r_\text{eff}})
 \rceil` largest of the :math:`S` weights :math:`w_s = \exp(\log w_s)`; its shape :math:`\hat k` measures
@@ -32,7 +32,7 @@ MIN_PSIS_DRAWS = 21
 
 
 def check_psis_draws(name, value):
-    """Return ``value`` if it is an int of at least :data:`MIN_PSIS_DRAWS` draws, else raise ``ValueError``.
+    """Return ``value`` if it is an int of at least :data:`~pyro_nfvi.evaluation.MIN_PSIS_DRAWS` draws, else raise ``ValueError``.
 
     Args:
         name (str): the argument's name, used in the message (e.g. ``"num_samples"``).
@@ -62,7 +62,7 @@ def psislw(log_weights, reff=1.0):
     The largest :math:`M` weights are replaced by the expected order statistics of the fitted
     generalized Pareto distribution, truncated at the largest raw weight, and the result is
     normalised: :math:`\sum_s \exp(\widetilde{\log w}_s) = 1` along the last axis.  Fewer than
-    :data:`MIN_PSIS_DRAWS` draws give :math:`\hat k = \infty` (no smoothing).
+    :data:`~pyro_nfvi.evaluation.MIN_PSIS_DRAWS` draws give :math:`\hat k = \infty` (no smoothing).
 
     Args:
         log_weights (array-like): ``(..., S)`` log importance weights, draws on the last axis.

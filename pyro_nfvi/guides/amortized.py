@@ -33,7 +33,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     parameters from :math:`h_i` through zero-initialised hypernetworks, so every flow starts as the
     identity.  :math:`z_i` is sampled as one auxiliary site inside ``pyro.plate(plate, ...)`` and
     each model site is emitted as a ``Delta`` (as in Pyro's ``AutoContinuous``).  Latent sites outside
-    the plate get an internal :class:`AutoFlowGuide` (``global_flow``, ``global_num_flows``).
+    the plate get an internal :class:`~pyro_nfvi.guides.AutoFlowGuide` (``global_flow``, ``global_num_flows``).
 
     **Encoder input.**  By default the observed values of the sample sites inside the plate, each
     flattened per data point and concatenated.  At setup each observed value is matched to a model
@@ -49,7 +49,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     statistics computed once at setup from every data point in the setup call's arguments (the
     whole data set when the model subsamples the plate itself) and then fixed; features within
     ``[0, 1]`` (binary pixels, probabilities) are read as they are, constant ones only centred (the
-    rule: :mod:`~pyro_nfvi.guides.encoder_input`).  The statistics are part of the saved state
+    rule: ``pyro_nfvi.guides.encoder_input``).  The statistics are part of the saved state
     (``guide.input_standardizer``; ``state_dict``, ``torch.save`` and the param store carry them).
     Why: Adam moves every weight by about ``lr`` per step whatever the gradient's size, so the
     encoder's outputs move by about ``lr`` times the size of its input; on a subsampled regression
@@ -96,7 +96,8 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         global_init_scale (float): initial scale of the global posterior.
         standardize (bool): standardise the encoder's input with statistics fixed at setup.
         init_loc_fn (callable): initialisation of the global loc.
-        model_args (tuple), model_kwargs (dict): the model's arguments, to set up at construction.
+        model_args (tuple): the model's arguments, to set up at construction.
+        model_kwargs (dict): the model's keyword arguments, likewise.
         create_plates (callable): as in :class:`~pyro.infer.autoguide.AutoGuide` (may return the data plate).
         encoder_activation (str): activation of the MLP encoder.
         num_mc_samples (int): draws used by ``median``/``quantiles`` when there is a flow.
@@ -447,7 +448,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     def quantiles(self, quantiles, *args, **kwargs):
         """Per-coordinate posterior quantiles of every site, ``{name: (len(quantiles),) + shape}``.
 
-        Global sites as in :class:`AutoFlowGuide`; local sites for every data point in the arguments
+        Global sites as in :class:`~pyro_nfvi.guides.AutoFlowGuide`; local sites for every data point in the arguments
         (Monte Carlo with ``num_mc_samples`` draws under a fixed seed when there is a flow, kept until
         a parameter or an argument changes).
         """

@@ -21,10 +21,10 @@ from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
 __all__ = ["AutoFlowGuide", "BASES", "STABLE_BY_DEFAULT"]
 
-#: The affine bases :class:`AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
+#: The affine bases :class:`~pyro_nfvi.guides.AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
 BASES = ("diagonal", "full")
 
-#: Families whose layers :class:`AutoFlowGuide` builds in their gated (contracting) form unless
+#: Families whose layers :class:`~pyro_nfvi.guides.AutoFlowGuide` builds in their gated (contracting) form unless
 #: ``stable=False`` is passed: see "Stability" in the class docstring.
 STABLE_BY_DEFAULT = ("iaf", "coupling")
 
@@ -57,7 +57,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     :class:`~pyro.infer.JitTrace_ELBO` works (Pyro's own flow autoguides fail there, pyro issue
     #3132), an optimizer can be built before the first step, and ``load_state_dict`` works on a
     fresh guide.  The state is the parameters plus a configuration fingerprint (see
-    :mod:`pyro_nfvi.guides.state`): ``state_dict``, ``torch.save(guide)`` and Pyro's param store
+    ``pyro_nfvi.guides.state``): ``state_dict``, ``torch.save(guide)`` and Pyro's param store
     all round-trip exactly, and a state saved from another configuration is refused.
 
     **Stability.**  IAF and affine coupling layers are built in their gated form by default
@@ -72,7 +72,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     **Defaults.**  ``flow="iaf", num_flows=4`` in the gated form: on the posterior benchmark
     (``benchmarks/bayes.py``) no family beat another by much under plain ``SVI`` with the ELBO,
     IAF did best on the hierarchical logistic regression, and 4 gated IAF layers trained with
-    :func:`pyro_nfvi.fit` gave the best moment accuracy against NUTS; ``init_scale=0.1`` as
+    :func:`pyro_nfvi.recipe.fit` gave the best moment accuracy against NUTS; ``init_scale=0.1`` as
     Pyro's ``AutoNormal`` (the recipe's warm start fits the scale).
 
     A latent site inside a subsampled plate raises a ``ValueError`` pointing to
@@ -91,7 +91,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         init_scale (float): initial scale of the posterior.
         base (str): ``"diagonal"`` or ``"full"``: the scale of the affine base (see above).
         precondition (bool): end the flow with a fixed affine map :math:`v \mapsto \hat u + L_0 v`
-            (a :class:`~pyro_nfvi.guides.laplace.Preconditioner`, the identity until
+            (a :class:`~pyro_nfvi.guides.Preconditioner`, the identity until
             :meth:`fit_laplace` sets it to the Laplace approximation), so that the flow learns in
             whitened coordinates; for strongly correlated or badly scaled posteriors.  It costs
             :math:`O(D^2)` per draw.
@@ -250,7 +250,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
 
     def sample_latent(self, *args, **kwargs):
         """Sample the packed latent at the auxiliary site (path-derivative ``log q`` inside
-        :func:`~pyro_nfvi.guides.path.path_derivative`)."""
+        ``pyro_nfvi.guides.path.path_derivative``)."""
         posterior = path_posterior(self, self.get_posterior(*args, **kwargs))
         return pyro.sample(f"_{self._pyro_name}_latent", posterior, infer={"is_auxiliary": True})
 
@@ -269,7 +269,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         with ``num_particles`` vectorized particles; the flow's parameters are left untouched.
 
         Args:
-            *args, **kwargs: the model's arguments.
+            *args: the model's arguments.
+            **kwargs: keyword arguments, as ``*args``.
             num_steps (int): Adam steps.
             lr (float): Adam's learning rate.
             num_particles (int): particles of each ELBO estimate.
@@ -336,9 +337,9 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def fit_laplace(self, *args, num_steps=200, **kwargs):
         r"""Warm-start from the Laplace approximation :math:`\mathcal N(\hat u, H^{-1})` at the MAP; return it.
 
-        :func:`~pyro_nfvi.guides.laplace.laplace_approximation` of :meth:`log_joint` (the model's
+        :func:`~pyro_nfvi.guides.laplace_approximation` of :meth:`log_joint` (the model's
         density in the guide's unconstrained coordinates), from the guide's initial point.  With
-        ``precondition=True`` the guide's :class:`~pyro_nfvi.guides.laplace.Preconditioner` becomes
+        ``precondition=True`` the guide's :class:`~pyro_nfvi.guides.Preconditioner` becomes
         :math:`v \mapsto \hat u + L v` (:math:`L L^\top = H^{-1}`) and the base
         :math:`\mathcal N(0, I)` in those whitened coordinates, so that the flow learns where the
         posterior is close to a standard normal.  Without it the base's ``loc`` becomes

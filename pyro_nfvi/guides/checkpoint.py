@@ -3,7 +3,7 @@
 A checkpoint (:func:`save_checkpoint`) holds everything a run's next step depends on:
 
 * the guide's ``state_dict`` (its parameters and state buffers, with the configuration
-  fingerprint of :mod:`~pyro_nfvi.guides.state` as extra state), and the fingerprint again as a
+  fingerprint of ``pyro_nfvi.guides.state`` as extra state), and the fingerprint again as a
   plain dict so that a checkpoint of another configuration is refused before anything is copied;
 * the model's ``state_dict`` if the model is an ``nn.Module``;
 * Pyro's param store (``get_state()``) when ``module_local_params`` is off, for ``pyro.param``
@@ -11,7 +11,7 @@ A checkpoint (:func:`save_checkpoint`) holds everything a run's next step depend
 * the optimizer: a torch optimizer's ``state_dict()`` or a Pyro optimizer's ``get_state()``;
 * the objective's step counter (any loss with ``advance()`` and an integer ``t``, such as
   :class:`~pyro_nfvi.objectives.AnnealedELBO`; or one with ``get_state()``/``set_state()``);
-* the counters of a :class:`~pyro_nfvi.guides.guard.NonFiniteGuard`, the step number, and
+* the counters of a ``pyro_nfvi.guides.guard.NonFiniteGuard``, the step number, and
   user data (``extra``: plain containers of numbers, strings and tensors);
 * the Python ``random``, NumPy and torch (CPU, and CUDA where initialised) RNG states.
 

@@ -81,7 +81,7 @@ class FastSVI:
         max_skips (int or None): a step whose loss or a gradient is NaN/inf is skipped (parameters
             and optimizer state unchanged); after this many consecutive skips a
             ``FloatingPointError`` names the step, the parameter and its flow layer
-            (:class:`~pyro_nfvi.guides.guard.NonFiniteGuard`).  ``None`` never raises.
+            (``pyro_nfvi.guides.guard.NonFiniteGuard``).  ``None`` never raises.
         guard (bool): ``False`` turns the check off (every step is applied, as before).
 
     Example:
@@ -166,7 +166,7 @@ class FastSVI:
         return self.optimizer
 
     def save(self, path, extra=None):
-        """Checkpoint the run to ``path`` atomically (:func:`~pyro_nfvi.guides.checkpoint.save_checkpoint`).
+        """Checkpoint the run to ``path`` atomically (:func:`~pyro_nfvi.guides.save_checkpoint`).
 
         Saves the guide, the model (if an ``nn.Module``), the optimizer, the objective's step
         counter, the guard's counters, :attr:`num_steps`, the RNG states and ``extra``.
@@ -195,7 +195,7 @@ class FastSVI:
     def load(self, path, restore_rng=True):
         """Restore a checkpoint written by :meth:`save` into this (freshly built) ``FastSVI``.
 
-        Returns the dict of :func:`~pyro_nfvi.guides.checkpoint.load_checkpoint` (``step``, ``extra``).
+        Returns the dict of :func:`~pyro_nfvi.guides.load_checkpoint` (``step``, ``extra``).
         """
         out = load_checkpoint(path, guide=self.guide, model=self.model, optimizer=self.make_optimizer(),
                               objective=self.loss, guard=self.guard, restore_rng=restore_rng)
@@ -218,7 +218,8 @@ def fit_fast(model, guide, *args, num_steps=1000, loss=None, lr=1e-3, optimizer=
 
     Args:
         model, guide: as for :class:`FastSVI`.
-        *args, **kwargs: the model's arguments, the same at every step.
+        *args: the model's arguments, the same at every step.
+        **kwargs: keyword arguments, as ``*args``.
         num_steps (int): number of steps.
         loss (pyro.infer.ELBO): the objective (default ``Trace_ELBO()``).
         lr (float): learning rate of the default Adam.

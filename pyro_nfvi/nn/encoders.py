@@ -76,7 +76,8 @@ class MLP(nn.Sequential):
     Args:
         input_dim (int): size ``D_in`` of the input's last dimension.
         hidden_dims (tuple of int): layer widths.
-        activation (str or nn.Module class): ``"elu"`` (default), ``"relu"``, ``"softplus"`` or ``"tanh"``.
+        activation (str or type): ``"elu"`` (default), ``"relu"``, ``"softplus"`` or ``"tanh"``, or an
+            ``nn.Module`` subclass.
 
     Example:
         >>> net = MLP(784, (300, 300))

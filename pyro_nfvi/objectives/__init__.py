@@ -1,7 +1,7 @@
 """Training objectives for flow guides: annealed free energy, KL warm-up and free bits, and two
 lower-variance gradient estimators (sticking the landing, importance weighting with DReG).
 
-:class:`AnnealedELBO` is a drop-in ``loss`` for :class:`pyro.infer.SVI`; the schedules are plain
+:class:`~pyro_nfvi.objectives.AnnealedELBO` is a drop-in ``loss`` for :class:`pyro.infer.SVI`; the schedules are plain
 callables ``t -> beta_t`` (:func:`rezende_mohamed`, :func:`linear_warmup`, :func:`constant`).
 :class:`STL_ELBO` and :class:`IW_ELBO` need the guides of :mod:`pyro_nfvi.guides`.
 """

@@ -1,6 +1,6 @@
 r"""Annealed and KL-constrained evidence lower bounds for :class:`pyro.infer.SVI`.
 
-:class:`AnnealedELBO` re-weights the terms of the Monte Carlo ELBO that :class:`pyro.infer.Trace_ELBO`
+:class:`~pyro_nfvi.objectives.AnnealedELBO` re-weights the terms of the Monte Carlo ELBO that :class:`pyro.infer.Trace_ELBO`
 would compute from the same guide trace and replayed model trace.  With ``log p`` the model's
 (scaled, masked) log densities split into observed sites ``x`` and latent sites ``z``, and ``log q``
 the guide's, the per-particle losses are
@@ -11,7 +11,7 @@ the guide's, the per-particle losses are
   :math:`-\log p(x \mid z) - \beta_t [\log p(z) - \log q(z)]`;
 * ``"free_bits"`` (Kingma et al. 2016, "minimum information constraint"):
   :math:`-\log p(x \mid z) + \sum_j \max(\lambda\, n_j, \widehat{KL}_j)` over KL groups ``j``
-  (see :class:`AnnealedELBO`).
+  (see :class:`~pyro_nfvi.objectives.AnnealedELBO`).
 
 ``beta_t = schedule(t)`` where ``t`` counts completed :meth:`AnnealedELBO.loss_and_grads` calls
 (i.e. ``svi.step`` calls); :meth:`~AnnealedELBO.loss` and :meth:`~AnnealedELBO.differentiable_loss`
@@ -30,7 +30,7 @@ from .schedules import linear_warmup, rezende_mohamed
 
 __all__ = ["AnnealedELBO", "MODES"]
 
-#: The objectives :class:`AnnealedELBO` implements.
+#: The objectives :class:`~pyro_nfvi.objectives.AnnealedELBO` implements.
 MODES = ("free_energy", "kl_warmup", "free_bits")
 
 
@@ -82,10 +82,10 @@ class AnnealedELBO(ELBO):
     ``scale`` and ``mask``; one particle shown, particles are averaged):
 
     * ``"free_energy"``: loss :math:`= \log q(z) - \beta_t \log p(x, z)`, the annealed free energy of
-      Rezende & Mohamed (2015, eq. 20).  Default schedule :func:`~.schedules.rezende_mohamed`
+      Rezende & Mohamed (2015, eq. 20).  Default schedule :func:`~pyro_nfvi.objectives.rezende_mohamed`
       (:math:`\beta_t = \min(1, 0.01 + t/10^4)`).
     * ``"kl_warmup"``: loss :math:`= -\log p(x \mid z) - \beta_t (\log p(z) - \log q(z))`; the
-      schedule is :func:`~.schedules.linear_warmup` over ``warmup_steps`` (or any ``schedule``).
+      schedule is :func:`~pyro_nfvi.objectives.linear_warmup` over ``warmup_steps`` (or any ``schedule``).
     * ``"free_bits"``: loss :math:`= -\log p(x \mid z) + \sum_j \max(\lambda n_j w_j, \widehat{KL}_j)`,
       the minimum-information constraint of Kingma et al. (2016, appendix), where the KL of every
       latent dimension is floored at ``lambda = free_bits`` nats.  What is computed:
@@ -111,7 +111,7 @@ class AnnealedELBO(ELBO):
             ``max_plate_nesting`` and ``retain_graph`` (default ``Trace_ELBO()``).  Only its settings
             are used: the terms are recomputed here (TraceMeanField's analytic KL and JIT are not used).
         schedule (callable): ``t -> beta_t`` (annealing modes only).
-        mode (str): one of :data:`MODES`.
+        mode (str): one of :data:`~pyro_nfvi.objectives.MODES`.
         warmup_steps (int): shortcut for ``schedule=linear_warmup(warmup_steps)``.
         free_bits (float): the floor ``lambda`` in nats per latent dimension (``"free_bits"`` only).
 

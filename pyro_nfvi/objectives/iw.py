@@ -8,7 +8,7 @@ for the model's parameters and uses, for the guide's,
 ``log q`` under stopped parameters: unbiased, and its variance does not blow up with ``M``.
 
 One differentiable scalar gives both (needed by ``differentiable_loss`` / ``ELBOModule``): with
-:math:`\log w_i` computed under :func:`~pyro_nfvi.guides.path.path_derivative` and :math:`u_i` the
+:math:`\log w_i` computed under ``pyro_nfvi.guides.path.path_derivative`` and :math:`u_i` the
 guide's packed latent draws (their path reaches only the guide's parameters),
 
 .. math:: \sum_i \mathrm{sg}(\tilde w_i) \log w_i + \sum_i \big\langle \mathrm{sg}\big((\tilde w_i^2 - \tilde w_i)\,

@@ -24,7 +24,7 @@ class STL_ELBO(Trace_ELBO):
     :class:`pyro.infer.SVI`, ``ELBOModule`` and :class:`~pyro_nfvi.guides.FastSVI` (through
     :meth:`differentiable_loss`), for :class:`~pyro_nfvi.guides.AutoFlowGuide` and
     :class:`~pyro_nfvi.guides.AmortizedFlowGuide` with every flow family; ``log q`` with stopped
-    parameters comes from :func:`pyro_nfvi.guides.path.path_derivative`, which costs ``D``
+    parameters comes from ``pyro_nfvi.guides.path.path_derivative``, which costs ``D``
     backward passes and an ``O(D^3)`` solve per draw of the packed latent of size ``D``.  Any
     other guide raises a ``TypeError``.
 

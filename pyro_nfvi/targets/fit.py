@@ -110,7 +110,7 @@ class EnergyFit:
         objective (AnnealedELBO): the objective; ``objective.t`` steps taken, ``objective.beta``
             the inverse temperature of the next step.
         history (list): ``(step, beta, bound)`` per report (``beta`` of that step; ``bound`` from
-            :data:`REPORT_SAMPLES` draws).
+            ``REPORT_SAMPLES`` draws).
         skipped (int): steps the non-finite guard skipped (a NaN/inf gradient; see
             :class:`~pyro_nfvi.guides.FastSVI`'s ``max_skips``).
 

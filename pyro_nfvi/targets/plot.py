@@ -22,13 +22,13 @@ def plot_energy_fits(fits, path, num_samples=50000, bins=120, extent=BOX, box=BO
     ``[-extent, extent]^2``, the next columns the fits of that target (title: flow, K, bound, KL).
 
     Args:
-        fits (EnergyFit or list): results of :func:`~pyro_nfvi.targets.fit.fit_energy`.
+        fits (EnergyFit or list): results of :func:`~pyro_nfvi.targets.fit_energy`.
         path (str or os.PathLike): output file (format from the extension, e.g. ``.png``, ``.pdf``).
         num_samples (int): samples drawn from each fitted ``q``.
         bins (int): histogram bins per axis.
         extent (float): half-width of the plotted square.
         box, wall: the target's box wall (as used for the fits).
-        seed (int): seed of the draws from each fit (:meth:`~pyro_nfvi.targets.fit.EnergyFit.sample`).
+        seed (int): seed of the draws from each fit (:meth:`~pyro_nfvi.targets.EnergyFit.sample`).
 
     Returns:
         str: ``path``.

@@ -85,7 +85,7 @@ class FlowTransform(Transform):
     Subclasses implement :meth:`forward_and_log_det` and, where the inverse exists,
     :meth:`inverse_and_log_det` (which returns ``x`` and the log-det of the *forward* map at ``x``).
     The base class caches the last ``(x, y, log|det J|)`` triple, keyed by tensor identity and by a
-    stamp of the parameters (:meth:`_stamp`), and checks every input: its event size, and for a
+    stamp of the parameters (``_stamp``), and checks every input: its event size, and for a
     transform bound to per-point parameters (``param_batch_shape`` not ``None``), that its batch
     shape broadcasts against theirs.
     """
@@ -235,7 +235,7 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
     reads the context) override :meth:`params` instead.
 
     With ``context_dim=0`` the module is itself the transform.  With ``context_dim > 0`` call
-    :meth:`condition` with a context of shape ``(..., context_dim)`` to get a
+    ``condition`` with a context of shape ``(..., context_dim)`` to get a
     :class:`ConditionedFlow` whose parameters have that batch shape.
     """
 

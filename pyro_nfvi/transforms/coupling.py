@@ -43,7 +43,7 @@ class AffineCoupling(NetworkFlowModule):
     Args:
         dim (int): event size ``D``.
         context_dim (int): 0 for a plain flow; ``> 0`` to feed a context to the network; call
-            :meth:`condition` with it.
+            ``condition`` with it.
         parity (int): 0 or 1, which half is transformed (see above).
         hidden (tuple): hidden sizes of the conditioner (at least one layer; ``None`` -> ``(64, 64)``).
         form (str): ``"affine"`` (RealNVP) or ``"additive"`` (NICE, volume preserving).

@@ -46,7 +46,7 @@ class Householder(FlowModule):
     preserving (``volume_preserving = True``) and the log-det is exactly 0.  No ``eps`` is added to
     ``|v|^2`` (which would make ``H`` non-orthogonal and its log-det non-zero, singular at
     ``|v|^2 = eps``); instead ``v`` is rescaled by ``max_i |v_i|`` before normalising
-    (:func:`householder_unit`), and ``v = 0`` is guarded to give the identity with a zero gradient
+    (``householder_unit``), and ``v = 0`` is guarded to give the identity with a zero gradient
     (Pyro's ``Householder`` returns NaN there).  So the map is exactly orthogonal for every
     ``v != 0`` and the returned log-det 0 is exact everywhere, including at ``v = 0``.
 

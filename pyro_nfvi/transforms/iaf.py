@@ -58,7 +58,7 @@ class IAF(NetworkFlowModule):
     Args:
         dim (int): event size ``D``.
         context_dim (int): 0 for a plain flow; ``> 0`` to feed a context to the network
-            (:class:`~pyro.nn.ConditionalAutoRegressiveNN`); call :meth:`condition` with it.
+            (:class:`~pyro.nn.ConditionalAutoRegressiveNN`); call ``condition`` with it.
         hidden (list[int] or None): hidden sizes of the network, each ``>= dim``; default
             ``[max(3 * dim + 1, 16)]``.
         stable (bool): use the gated, numerically stable form.

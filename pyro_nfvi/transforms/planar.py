@@ -84,7 +84,7 @@ class Planar(FlowModule):
     Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
 
     The constraint :func:`planar_uhat` keeps the map invertible for any raw ``u, w``; the log-det is
-    computed in log space (:func:`planar_log_det`).  The inverse solves the monotone scalar equation
+    computed in log space (``planar_log_det``).  The inverse solves the monotone scalar equation
     :math:`\alpha + w^\top\hat u \tanh(\alpha + b) = w^\top y` for :math:`\alpha = w^\top z` by
     safeguarded bisection plus Newton steps, so ``log_prob`` works on any value, not only on cached
     samples; its gradient follows from the implicit function theorem.

@@ -43,7 +43,7 @@ def radial_beta(alpha, beta_raw):
     ``softplus(beta_raw) >= 0``.  The identity (``beta = 0``) is at ``beta_raw = log(expm1(alpha))``.
 
     Args:
-        alpha (Tensor): positive scale (see :func:`radial_alpha`).
+        alpha (Tensor): positive scale (see ``radial_alpha``).
         beta_raw (Tensor): unconstrained parameter, broadcasting against ``alpha``.
 
     Example:
@@ -122,9 +122,9 @@ class Radial(FlowModule):
     Reference: Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
 
     Raw parameters are ``z0`` (``(D,)``), ``alpha_raw`` and ``beta_raw`` (scalars), constrained by
-    ``alpha = softplus(alpha_raw) + 1e-6`` (:func:`radial_alpha`) and
+    ``alpha = softplus(alpha_raw) + 1e-6`` (``radial_alpha``) and
     ``beta = -alpha + softplus(beta_raw)`` (:func:`radial_beta`), so the map is invertible for
-    any raw values.  The log-det is computed in log form (:func:`radial_log_det`) and is finite
+    any raw values.  The log-det is computed in log form (``radial_log_det``) and is finite
     for any raw parameters, including at ``z = z0`` where ``r`` has a guarded (zero) gradient.
 
     The inverse is exact and closed form: ``r_y = |y - z0| = r (s + r) / (alpha + r)`` with

@@ -1,10 +1,10 @@
 """Runs of flow layers: the one place that splits a list of layers and picks how each part runs.
 
-A stack of layers is applied part by part.  :func:`plan_layers` is the single dispatch point: it
+A stack of layers is applied part by part.  ``plan_layers`` is the single dispatch point: it
 splits the layers (each with its raw per-point parameters, or ``None`` for owned ones) into maximal
 runs of two or more consecutive planar layers, each becoming one :class:`PlanarRun` (parameters
-stacked and constrained once by :func:`~pyro_nfvi.transforms.fused.planar_run_params`, applied by
-:func:`~pyro_nfvi.transforms.fused.fused_planar`, which itself chooses between its fused node and
+stacked and constrained once by ``pyro_nfvi.transforms.fused.planar_run_params``, applied by
+``pyro_nfvi.transforms.fused.fused_planar``, which itself chooses between its fused node and
 the layer-by-layer maths), and single layers, bound to their raw parameters where they have them.
 :func:`split_runs` is the run detection itself, shared with the batched hypernetwork heads of
 :meth:`~pyro_nfvi.transforms.stack.FlowStack.raw_params`.
@@ -72,10 +72,10 @@ class PlanarRun(FlowTransform):
     """Consecutive planar layers, owned or bound to raw per-point parameters, applied as one run.
 
     The raw ``u, w, b`` of the ``K`` layers are stacked and constrained once
-    (:func:`~pyro_nfvi.transforms.fused.planar_run_params`), then applied by
-    :func:`~pyro_nfvi.transforms.fused.fused_planar`; the inverse goes layer by layer.  Equivalent
+    (``pyro_nfvi.transforms.fused.planar_run_params``), then applied by
+    ``pyro_nfvi.transforms.fused.fused_planar``; the inverse goes layer by layer.  Equivalent
     to applying each layer (bound with ``layer.bind(raw)`` where it has a raw entry) in turn, with
-    fewer operations.  Built by :func:`plan_layers`.
+    fewer operations.  Built by ``plan_layers``.
 
     Args:
         layers (list): ``Planar`` modules (or ``ConditionedFlow`` objects of one, taken as the
@@ -157,7 +157,7 @@ def plan_layers(layers, raws=None):
 def forward_layers(layers, x, raws=None):
     """``forward_and_log_det`` of the composition of ``layers`` (first layer applied first).
 
-    The layers are split by :func:`plan_layers`, so runs of planar layers go through the fused
+    The layers are split by ``plan_layers``, so runs of planar layers go through the fused
     kernel.
 
     Args:

@@ -69,11 +69,11 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
 
     Works like one transform: in a ``TransformedDistribution`` it caches ``(x, y, log|det J|)`` of
     the whole stack, so scoring a sample costs no extra pass.  Amortized stacks are conditioned with
-    :meth:`condition` (or :meth:`raw_params` then :meth:`bind`), which return a
+    ``condition`` (or :meth:`raw_params` then :meth:`bind`), which return a
     :class:`BoundStack`; a layer marked ``chained`` (Householder in amortized use, Tomczak &
     Welling 2016) takes the previous layer's vector as its context instead of the data context.
     Runs of planar layers are applied by one fused kernel
-    (:func:`~pyro_nfvi.transforms.runs.plan_layers` decides).
+    (``pyro_nfvi.transforms.runs.plan_layers`` decides).
 
     An empty stack is the identity (the Gaussian base alone).
 
@@ -202,7 +202,7 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         ``raws`` has one entry per layer: the raw parameter dict of every amortized layer and
         ``None`` for every layer that owns its parameters.  Runs of planar layers become one
         :class:`~pyro_nfvi.transforms.runs.PlanarRun` each (parameters constrained once, fused
-        kernel); see :func:`~pyro_nfvi.transforms.runs.plan_layers`.
+        kernel); see ``pyro_nfvi.transforms.runs.plan_layers``.
 
         Returns:
             BoundStack
@@ -275,7 +275,7 @@ def _linear_heads(layers, context):
 class BoundStack(FlowTransform):
     """A :class:`FlowStack` bound to per-layer raw parameters: what :meth:`FlowStack.bind` returns.
 
-    ``layers`` holds the planned transforms (:func:`~pyro_nfvi.transforms.runs.plan_layers`): a
+    ``layers`` holds the planned transforms (``pyro_nfvi.transforms.runs.plan_layers``): a
     :class:`~pyro_nfvi.transforms.runs.PlanarRun` per run of planar layers, bound layers and owned
     layers.  Inputs must broadcast against the batch shape of the context (``param_batch_shape``).
 

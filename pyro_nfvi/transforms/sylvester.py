@@ -4,7 +4,7 @@ A Sylvester layer is ``z' = z + Q R h(R~ Q^T z + b)`` with ``Q`` (``D x M``) hav
 columns, ``R, R~`` (``M x M``) upper triangular and ``h = tanh``.  With ``Q^T Q = I`` the matrix
 determinant lemma gives ``det J = prod_i (1 + r_ii r~_ii h'(a_i))``, ``a = R~ Q^T z + b``.  Everything
 here is arranged so that this formula is *true* for the map that is computed: ``Q`` is orthonormal to
-machine precision (see :func:`orthonormalize`), and the diagonal constraint keeps every factor
+machine precision (see ``orthonormalize``), and the diagonal constraint keeps every factor
 positive, so the layer is a bijection with an exact inverse (see :class:`Sylvester`).
 """
 import math
@@ -121,9 +121,9 @@ class Sylvester(FlowModule):
 
     ``Q`` (``D x M``, orthonormal columns) depends on ``kind``:
 
-    * ``"orthogonal"``: a raw ``D x M`` matrix ``Q`` orthonormalised by :func:`orthonormalize`
+    * ``"orthogonal"``: a raw ``D x M`` matrix ``Q`` orthonormalised by ``orthonormalize``
       (Bjorck iteration to machine precision, differentiable);
-    * ``"householder"``: the product of ``num_householder`` reflections, :func:`householder_product`
+    * ``"householder"``: the product of ``num_householder`` reflections, ``householder_product``
       (``M = D``);
     * ``"triangular"``: a fixed permutation, the identity or (``reverse=True``) the reversal
       (``M = D``); stacks should alternate the two.
@@ -133,11 +133,11 @@ class Sylvester(FlowModule):
     exact (checked against ``slogdet`` of the autograd Jacobian at random parameters in the tests).
 
     Diagonal constraint (the planar constraint applied to each ``(r_ii, r~_ii)`` pair,
-    :func:`~pyro_nfvi.transforms.planar.planar_uhat`): ``r~_ii`` is free and ``r_ii`` is chosen so
+    :func:`~pyro_nfvi.transforms.planar_uhat`): ``r~_ii`` is free and ``r_ii`` is chosen so
     that ``r_ii r~_ii = softplus(rho_ii r~_ii + log(e - 1)) - 1 > -1`` for the raw ``rho_ii``.  Since
     ``0 < h' <= 1`` every factor ``1 + r_ii r~_ii h'`` is ``> 0``, without the ``|r r~| < 1`` cap of
     ``tanh``-constrained diagonals, and the log-det is computed in log space
-    (:func:`~pyro_nfvi.transforms.planar.planar_log_det`).  Raw ``R = 0`` gives ``r_ii = 0``, so the
+    (``pyro_nfvi.transforms.planar.planar_log_det``).  Raw ``R = 0`` gives ``r_ii = 0``, so the
     layer starts as the identity; ``R~`` and ``Q`` start random so gradients flow to ``R``.
 
     Inverse: with ``v = R~ Q^T z + b`` and ``T = R~ R`` (upper triangular, ``t_ii > -1``), ``y = f(z)``
