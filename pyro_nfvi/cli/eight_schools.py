@@ -69,7 +69,7 @@ class GuideReport:
         how (str): how it was fitted (optimiser, objective, learning rate).
         steps (int): SVI steps taken in all (the recipe's warm start and probes included).
         seconds (float): wall time of the fit.
-        error (PosteriorError): moment errors against NUTS (unconstrained scale).
+        error (pyro_nfvi.evaluation.PosteriorError): moment errors against NUTS (unconstrained scale).
         khat (float): PSIS :math:`\\hat k` of the ``idata`` draws' importance weights.
         loo (arviz.ELPDData): the importance-corrected PSIS-LOO.
         idata (arviz.InferenceData): the guide's draws (:func:`~pyro_nfvi.diagnostics.to_inference_data`).

@@ -86,7 +86,7 @@ class Preconditioner(nn.Module):
     Identity at construction (``shift = 0``, :math:`L = I`); :meth:`set_gaussian` sets it to a
     Gaussian :math:`\mathcal N(\hat u, \Sigma)` (:math:`L L^\top = \Sigma`).  Both are persistent
     buffers named in ``state_buffers``, so ``state_dict``, ``torch.save`` and Pyro's param store
-    carry them (:mod:`pyro_nfvi.guides.state`); no optimizer changes them.
+    carry them (``pyro_nfvi.guides.state``); no optimizer changes them.
 
     Args:
         dim (int): the dimension :math:`D`.
