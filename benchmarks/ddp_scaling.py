@@ -44,7 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--target", type=float, default=None,
                    help="validation -ELBO whose first crossing is timed (default: the worst final one, rounded up)")
     p.add_argument("--out", default=str(ROOT / "results"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def count_parameters(args):
@@ -106,7 +108,7 @@ def main(args):
                 break
         r["target"] = target
     base = rows[0]["samples_per_second"]
-    command = "python benchmarks/ddp_scaling.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = " ".join(["python benchmarks/ddp_scaling.py"] + args.argv)
     table = ["| processes | batch / process | steps | samples / s | speed-up | time to valid -ELBO <= "
              f"{target:g} (s) | final valid -ELBO | ranks identical | wall with start-up (s) | "
              "all-reduce per step | ring traffic per process per step |",

@@ -74,7 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", default=str(ROOT / "runs"), help="folder of the per-run checkpoints (not committed)")
     p.add_argument("--report-only", action="store_true", help="only rewrite the markdown and the figures")
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def _rows_wanted(args):
@@ -223,7 +225,7 @@ def main(args):
     runs.mkdir(parents=True, exist_ok=True)
     path = out / "mnist_vae.json"
     report = _load(path)
-    report["command"] = "python benchmarks/mnist_vae.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    report["command"] = " ".join(["python benchmarks/mnist_vae.py"] + args.argv)
     data = load_binarized_mnist()
     splits = {"train": data.train[: args.num_train], "valid": data.valid[: args.num_valid],
               "test": data.test[: args.num_test]}
