@@ -34,7 +34,7 @@ def test_vae_writes_its_results_and_improves(tmp_path):
     assert (tmp_path / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_vae_resume_continues_identically(tmp_path):
+def test_vae_resume_continues_identically(tmp_path, capsys):
     full, split = tmp_path / "full", tmp_path / "split"
     assert _run(full, "--epochs", "2") == 0
     assert _run(split, "--epochs", "1") == 0
@@ -43,6 +43,11 @@ def test_vae_resume_continues_identically(tmp_path):
     strip = [{k: h[k] for k in ("epoch", "train", "valid", "beta", "lr")} for h in a["history"]]
     assert strip == [{k: h[k] for k in ("epoch", "train", "valid", "beta", "lr")} for h in b["history"]]
     assert a["test_elbo"] == b["test_elbo"] and a["test_iwae"] == b["test_iwae"]
+    # a checkpoint written with other settings is refused, naming them
+    with pytest.raises(SystemExit) as exit_info:
+        _run(split, "--epochs", "3", "--resume", "--lr", "1e-2")
+    assert exit_info.value.code == 2
+    assert "written with other settings (lr: checkpoint 0.003 vs now 0.01)" in capsys.readouterr().err
 
 
 def test_vae_plain_and_early_stopping(tmp_path):

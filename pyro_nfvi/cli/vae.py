@@ -8,7 +8,8 @@ import sys
 from ..transforms import FAMILIES
 from .arguments import check_output_folder, non_negative_int, positive_float, positive_int
 
-__all__ = ["add_parser", "run", "check_args", "load_splits", "write_results", "RESULTS", "CURVES"]
+__all__ = ["add_parser", "run", "check_args", "command_line", "load_splits", "write_results", "print_summary", "RESULTS",
+           "CURVES"]
 
 #: Files written in ``--out``.
 RESULTS, CURVES = "results.json", "learning_curves.png"
@@ -108,6 +109,25 @@ def load_splits(args):
             "test": data.test[: args.num_test]}
 
 
+def command_line(args):
+    """The ``nfvi vae`` command that reproduces the run of ``args`` (every option that changes the result).
+
+    Example:
+        >>> from pyro_nfvi.cli import build_parser
+        >>> command_line(build_parser().parse_args(["vae", "--flow", "none", "--epochs", "3"]))[:52]
+        'nfvi vae --flow none --num-flows 2 --epochs 3 --batc'
+    """
+    words = ["nfvi vae"]
+    for option in ("flow", "num_flows", "epochs", "batch_size", "lr", "lr_decay", "warmup", "patience", "iwae_k",
+                   "latent_dim", "hidden", "num_train", "num_valid", "num_test", "seed", "out", "device", "strategy",
+                   "devices", "num_nodes"):
+        value = getattr(args, option)
+        if value is not None:
+            words.append(f"--{option.replace('_', '-')} {value:g}" if isinstance(value, float)
+                         else f"--{option.replace('_', '-')} {value}")
+    return " ".join(words)
+
+
 def write_results(args, history, evaluation, extra):
     """Write ``results.json`` and ``learning_curves.png`` in ``--out``; return the results dict."""
     import pyro
@@ -117,7 +137,7 @@ def write_results(args, history, evaluation, extra):
 
     seconds = sum(h["seconds"] for h in history)
     results = {
-        "command": "nfvi " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["vae"] else "nfvi vae",
+        "command": command_line(args),
         "flow": args.flow, "num_flows": args.num_flows if args.flow != "none" else 0,
         "epochs_budget": args.epochs, "epochs_done": len(history),
         "train_seconds": seconds, "seconds_per_epoch": seconds / max(len(history), 1),

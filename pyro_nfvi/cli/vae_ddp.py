@@ -124,7 +124,8 @@ class _ProgressBar(TQDMProgressBar):
 
 def run_ddp(args, device):
     """Train with ``Trainer(strategy="ddp", devices=args.devices, num_nodes=args.num_nodes)``; return the exit code."""
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # share the cores, do not oversubscribe
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.devices))
     pyro.settings.set(module_local_params=True)
     lightning.seed_everything(args.seed, verbose=False)
     splits = load_splits(args)
