@@ -85,7 +85,7 @@ def main(args):
     table += [f"| {r['family']} | {r['K']} | {r['seconds_per_step']:.3f} | {r['seconds_per_epoch']:.1f} | "
               f"{r['seconds_valid_pass']:.1f} | {r['seconds_iwae_test']:.0f} | {r['hours_per_row']:.2f} |" for r in rows]
     table += ["", f"Total for these {len(rows)} rows: **{total:.1f} hours** of {args.threads} thread(s), "
-              "if the machine is otherwise idle; the k = 5000 IWAE pass of the best model adds about 5x its "
+              "at the machine's load during the measurement (compare the idle-machine figures in the README); the k = 5000 IWAE pass of the best model adds about 5x its "
               "k = 1000 pass."]
     intro = (f"Timed: {args.steps} training steps (batch 100, after 3 untimed), a validation pass over {args.valid} "
              f"images and the IWAE bound (k = 1000) on {args.iwae_images} test images per row, extrapolated to "

@@ -43,3 +43,15 @@ def test_mnist_vae_benchmark_appends_rows_and_resumes(bench, tmp_path):
     again = bench["main"](bench["parse_args"](argv[:1] + ["none:0", "iaf:2", "planar:2", "--report-only"] + argv[3:]))
     assert len(again["rows"]) == 2
     assert "| planar | 2 | **partial**: 1/2 epochs | 1 (1) |" in (out / "mnist_vae.md").read_text()
+
+
+def test_mnist_vae_cost_script(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    mod = runpy.run_path(str(BENCHMARKS / "mnist_vae_cost.py"), run_name="bench_mnist_vae_cost")
+    report = mod["main"](mod["parse_args"](["--rows", "none:0", "iaf:2", "--steps", "1", "--valid", "20",
+                                            "--iwae-images", "2", "--epochs", "10", "--out", str(tmp_path)]))
+    assert [(r["family"], r["K"]) for r in report["rows"]] == [("none", 0), ("iaf", 2)]
+    for r in report["rows"]:
+        assert r["seconds_per_epoch"] == pytest.approx(500 * r["seconds_per_step"])
+        assert r["hours_per_row"] > 10 * r["seconds_per_epoch"] / 3600
+    assert "| iaf | 2 |" in (tmp_path / "mnist_vae_cost.md").read_text()
