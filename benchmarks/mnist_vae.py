@@ -26,8 +26,6 @@ Usage::
 """
 import argparse
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path

@@ -1,4 +1,9 @@
-"""SVIModule on PyTorch Lightning: one process, two processes over gloo (DDP), checkpoints, guard."""
+"""SVIModule on PyTorch Lightning: one process, two processes over gloo (DDP), checkpoints, guard.
+
+The 2-process DDP test trains the MNIST IAF VAE through ``nfvi vae --strategy ddp`` (which subclasses
+SVIModule) against a one-process run; ``tests/lightning_ddp_script.py`` still runs its tiny VAE on
+1 or N processes by hand (``python tests/lightning_ddp_script.py OUT DEVICES STEPS``).
+"""
 import importlib
 import json
 import os
@@ -193,28 +198,6 @@ def test_checkpoint_resumes_exactly(tmp_path):
     for i in sa["state"]:
         for key in sa["state"][i]:
             assert torch.equal(torch.as_tensor(sa["state"][i][key]), torch.as_tensor(sb["state"][i][key]))
-
-
-def test_ddp_two_processes_match_one_process(tmp_path):
-    """2 CPU processes over gloo vs 1 process, the same global batch of 16 and 50 steps."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    results = {}
-    for devices in (1, 2):
-        out = tmp_path / f"d{devices}"
-        out.mkdir()
-        proc = subprocess.run([sys.executable, str(HERE / "lightning_ddp_script.py"), str(out), str(devices), "50"],
-                              env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results[devices] = out
-    one, two = (torch.load(results[d] / "elbo.pt") for d in (1, 2))
-    assert one["steps"] == two["steps"] == 50
-    # Monte Carlo tolerance: the evaluation's standard errors plus 1% for the different noise of training
-    tolerance = 4 * (one["se"] ** 2 + two["se"] ** 2) ** 0.5 + 0.01 * abs(one["mean"])
-    assert abs(one["mean"] - two["mean"]) < tolerance, (one, two, tolerance)
-    rank0, rank1 = (torch.load(results[2] / f"rank{r}.pt") for r in (0, 1))
-    assert rank0.keys() == rank1.keys() and len(rank0) > 0
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
 
 
 def test_needs_module_local_params():
