@@ -15,7 +15,7 @@ as ``model(x, idx)`` with the batch's indices into a data set of ``num_data`` im
 subsample scaled to the full size (``pyro.plate("data", size=num_data, subsample=idx)``), so that
 each process of a data-parallel run estimates the full-data ELBO.
 
-References: Henrion & Welleck, *Normalizing flows for variational inference* (Table 1);
+References: Henrion & Welleck, *Richer posteriors with flow-based variational autoencoders* (Table 1);
 Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015; Kingma & Welling,
 *Auto-Encoding Variational Bayes*, ICLR 2014; Burda et al., *Importance Weighted Autoencoders*,
 ICLR 2016 (the IWAE bound).
