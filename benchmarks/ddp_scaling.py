@@ -13,6 +13,7 @@ float32; a ring all-reduce sends and receives ``2 (P - 1) / P`` times that per p
 Usage::
 
     python benchmarks/ddp_scaling.py                      # 1 and 2 processes (a few minutes)
+    python benchmarks/ddp_scaling.py --devices 1 2 1 2    # twice each, interleaved: the spread is the noise
     python benchmarks/ddp_scaling.py --devices 1 2 4 --num-train 20000 --epochs 3
 """
 import argparse
@@ -91,8 +92,8 @@ def main(args):
     n_params = count_parameters(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for devices in args.devices:
-            row = run_one(args, devices, Path(tmp) / f"d{devices}")
+        for i, devices in enumerate(args.devices):  # a repeated count measures the machine's noise
+            row = run_one(args, devices, Path(tmp) / f"run{i}_d{devices}")
             bytes_per_step = n_params * 4
             row.update({"n_params": n_params, "allreduce_bytes": bytes_per_step,
                         "ring_bytes_per_process": 2 * (devices - 1) / devices * bytes_per_step})
