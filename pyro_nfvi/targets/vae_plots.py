@@ -64,14 +64,14 @@ def plot_samples_and_reconstructions(model, guide, images, path, num=10, seed=0,
 
     Args:
         model (VAEModel), guide (AmortizedFlowGuide): the trained VAE.
-        images (torch.Tensor): ``(>= num, 784)`` images to reconstruct.
+        images (torch.Tensor): ``(N, 784)`` images; ``num`` of them, evenly spaced, are reconstructed.
         path (str): the PNG file.
         num (int): images per row.
         seed (int): seed of the draws.
         title (str): the figure's title.
     """
     pyro.set_rng_seed(seed)
-    x = images[:num]
+    x = images[torch.linspace(0, len(images) - 1, num).long()]  # spread over the set (it may be sorted)
     device = next(model.parameters()).device
     z_post = guide(x.to(device))["latent"]
     recon = torch.sigmoid(model.decoder(z_post)).cpu()
