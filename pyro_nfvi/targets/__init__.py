@@ -8,6 +8,10 @@
 * ``pyro_nfvi.targets.plot`` -- :func:`plot_energy_fits`, figures of targets and fits.
 * ``pyro_nfvi.targets.bayes`` -- classic Bayesian models with their data, and ``MODELS``, the
   benchmark models by name.
+* ``pyro_nfvi.targets.vae`` -- the flow VAE of Henrion & Welleck on binarized MNIST
+  (:class:`VAEModel`, :func:`vae_guide`, :func:`negative_elbo`, :func:`iwae_nll`), and
+  ``pyro_nfvi.targets.vae_training`` -- :func:`train_vae`, its training with checkpoints,
+  resume and early stopping (used by ``nfvi vae``, ``benchmarks/mnist_vae.py`` and ``examples/vae.py``).
 * ``pyro_nfvi.targets.reference`` -- ``load_reference``, their NUTS (or exact) reference draws,
   shipped in ``pyro_nfvi/targets/reference``.
 """
@@ -26,21 +30,31 @@ from .energies import (
 )
 from .fit import EnergyFit, estimate_bound, fit_energy
 from .plot import plot_energy_fits
+from .vae import Decoder, VAEModel, iwae_nll, negative_elbo, vae_guide
+from .vae_training import VAERun, evaluate_vae, train_vae
 
 __all__ = [
     "BOX",
+    "Decoder",
     "ENERGIES",
     "EnergyFit",
     "U1",
     "U2",
     "U3",
     "U4",
+    "VAEModel",
+    "VAERun",
     "WALL",
     "box_wall",
     "energy_model",
     "estimate_bound",
+    "evaluate_vae",
     "fit_energy",
+    "iwae_nll",
     "log_normalizer",
+    "negative_elbo",
     "plot_energy_fits",
     "target_energy",
+    "train_vae",
+    "vae_guide",
 ]
