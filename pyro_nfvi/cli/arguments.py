@@ -2,7 +2,7 @@
 import argparse
 import os
 
-__all__ = ["positive_int", "check_output_path", "check_output_folder"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "check_output_path", "check_output_folder"]
 
 
 def positive_int(text):
@@ -10,6 +10,28 @@ def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    """``argparse`` type: an integer >= 0 (``--warmup -1`` is refused with a clear message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    """``argparse`` type: a finite number > 0 (``--lr 0`` is refused with a clear message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 

@@ -5,7 +5,7 @@
 * :mod:`~pyro_nfvi.targets.fit` -- :func:`fit_energy`, an annealed fit of an
   :class:`~pyro_nfvi.guides.AutoFlowGuide` to one of these energies through :func:`energy_model`
   (used by ``nfvi demo`` and ``examples/energy.py``), and :func:`estimate_bound`.
-* :mod:`~pyro_nfvi.targets.plot` -- :func:`plot_energy_fits`, figures of targets and fits.
+* :mod:`~pyro_nfvi.targets.plot` -- :func:`plot_energy_fits` and :func:`plot_energy_panels`, figures of targets and fits.
 * :mod:`~pyro_nfvi.targets.bayes` -- classic Bayesian models with their data, and ``MODELS``, the
   benchmark models by name.
 * :mod:`~pyro_nfvi.targets.reference` -- ``load_reference``, their NUTS (or exact) reference draws,
@@ -25,7 +25,7 @@ from .energies import (
     target_energy,
 )
 from .fit import EnergyFit, estimate_bound, fit_energy
-from .plot import plot_energy_fits
+from .plot import energy_histogram, plot_energy_fits, plot_energy_panels
 
 __all__ = [
     "BOX",
@@ -37,10 +37,12 @@ __all__ = [
     "U4",
     "WALL",
     "box_wall",
+    "energy_histogram",
     "energy_model",
     "estimate_bound",
     "fit_energy",
     "log_normalizer",
     "plot_energy_fits",
+    "plot_energy_panels",
     "target_energy",
 ]
