@@ -104,7 +104,7 @@ def fit_pyro_planar(target, num_flows, args, progress):
             "eta_min": args.lr * args.final_lr})
         svi = SVI(model, guide, optim, objective)
         bar = tqdm(range(1, args.steps + 1), desc=f"{target} {PYRO} K={num_flows}", disable=not progress, leave=False)
-        losses, train_start = [], time.perf_counter()
+        losses, train_start, train_cpu_start = [], time.perf_counter(), time.process_time()
         for step in bar:
             beta = objective.beta
             loss = svi.step()
@@ -117,6 +117,7 @@ def fit_pyro_planar(target, num_flows, args, progress):
                 losses = []
         bar.close()
         train_seconds = time.perf_counter() - train_start
+        train_cpu_seconds = time.process_time() - train_cpu_start
         bound, bound_se = estimate_bound(guide, energy, args.eval_samples, args.seed)
         with torch.no_grad():
             torch.manual_seed(args.seed)
@@ -124,8 +125,8 @@ def fit_pyro_planar(target, num_flows, args, progress):
     if not math.isfinite(bound):
         raise FloatingPointError(f"the fit diverged (final bound {bound}) with lr={args.lr:g}")
     row = {"initial_bound": initial_bound, "bound": bound, "bound_se": bound_se, "log_z": log_z,
-           "ms_per_step": 1000.0 * train_seconds / max(args.steps, 1), "seconds": time.perf_counter() - start,
-           "skipped": 0}
+           "ms_per_step": 1000.0 * train_seconds / args.steps, "cpu_ms_per_step": 1000.0 * train_cpu_seconds / args.steps,
+           "seconds": time.perf_counter() - start, "skipped": 0}
     return row, energy_histogram(z, FIGURE_BINS, FIGURE_EXTENT)
 
 
@@ -135,7 +136,8 @@ def fit_ours(target, family, num_flows, args, progress):
                      lr=args.lr, final_lr=args.final_lr, anneal=anneal_steps(args) / args.steps, seed=args.seed,
                      eval_samples=args.eval_samples, grid=GRID, log_every=0, progress=progress)
     row = {"initial_bound": fit.initial_bound, "bound": fit.bound, "bound_se": fit.bound_se, "log_z": fit.log_z,
-           "ms_per_step": fit.ms_per_step, "seconds": fit.seconds, "skipped": fit.skipped}
+           "ms_per_step": fit.ms_per_step, "cpu_ms_per_step": 1000.0 * fit.train_cpu_seconds / fit.train_steps,
+           "seconds": fit.seconds, "skipped": fit.skipped}
     return row, energy_histogram(fit.sample(FIGURE_SAMPLES, seed=args.seed), FIGURE_BINS, FIGURE_EXTENT)
 
 
@@ -239,14 +241,16 @@ def checks(best):
 def write_tables(out, rows, hists):
     best = best_rows(rows)
     order = {f: i for i, f in enumerate(FAMILIES)}
-    table = ["| target | family | K | steps | bound | +- | log Z | KL(q‖p) | ms/step |", "|---|---|---|---|---|---|---|---|---|"]
+    table = ["| target | family | K | steps | bound | +- | log Z | KL(q‖p) | ms/step | CPU ms/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(best.values(), key=lambda r: (r["target"], order.get(r["family"], 99), r["num_flows"])):
         family = "Pyro AutoNormalizingFlow (planar)" if r["family"] == PYRO else r["family"]
+        cpu = f"{r['cpu_ms_per_step']:.1f}" if r.get("cpu_ms_per_step") is not None else "-"
         if r.get("bound") is None:
-            table.append(f"| {r['target']} | {family} | {r['num_flows']} | {r['steps']} | diverged | | | | |")
+            table.append(f"| {r['target']} | {family} | {r['num_flows']} | {r['steps']} | diverged | | | | | |")
             continue
         table.append(f"| {r['target']} | {family} | {r['num_flows']} | {r['steps']} | {r['bound']:.4f} | "
-                     f"{r['bound_se']:.4f} | {r['log_z']:.4f} | {r['kl']:.4f} | {r['ms_per_step']:.1f} |")
+                     f"{r['bound_se']:.4f} | {r['log_z']:.4f} | {r['kl']:.4f} | {r['ms_per_step']:.1f} | {cpu} |")
     commands = list(dict.fromkeys(r["command"] for r in rows))
     machines = sorted({r["machine"] for r in rows})
     settings = sorted({(r["samples"], r["lr"], r["final_lr"], r["anneal_steps"], r["eval_samples"], r["seed"]) for r in rows})
@@ -258,8 +262,9 @@ def write_tables(out, rows, hists):
         "mode='free_energy')` with R&M's schedule beta_t = 0.01 + 0.99 min(1, t/T), Adam with cosine decay from "
         "lr to lr * final_lr. Settings (samples, lr, final_lr, T, eval samples, seed): "
         + "; ".join(str(s) for s in settings) + ". bound = E_q[-U - log q] from the eval samples (+- its standard "
-        "error), KL(q‖p) = log Z - bound, ms/step = training wall time per step (one process, rows run one after "
-        "another on a shared machine: timings are indicative). R&M train for far more updates (5 x 10^5). "
+        "error), KL(q‖p) = log Z - bound, ms/step = training wall time per step and CPU ms/step its process CPU "
+        "time (one torch thread, rows run one after another on a machine shared with other jobs: the wall times "
+        "include waiting for a core, the CPU times are the steadier measure of cost; '-': not recorded). R&M train for far more updates (5 x 10^5). "
         f"Machine(s): {'; '.join(machines)}. Every row records its steps; a row with fewer than 20000 steps is a "
         "reduced budget.\n\nCommands (one per sitting):\n\n" + "\n".join(f"    {c}" for c in commands)
     )

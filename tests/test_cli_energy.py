@@ -29,7 +29,7 @@ def test_energy_tiny_writes_the_result_and_the_figure(capsys, tmp_path):
         "U1", "planar", 2, 30, 8)
     assert result["anneal_steps"] == 30 and result["lr"] == 1e-3 and result["device"] == "cpu"
     assert result["kl"] == pytest.approx(result["log_z"] - result["bound"])
-    assert math.isfinite(result["bound_se"]) and result["ms_per_step"] > 0
+    assert math.isfinite(result["bound_se"]) and result["ms_per_step"] > 0 and result["cpu_ms_per_step"] > 0
     assert (tmp_path / "energy_U1_planar_K2.png").stat().st_size > 1000
 
 

@@ -117,7 +117,8 @@ def run(args):
         "samples": args.samples, "lr": args.lr, "final_lr": args.final_lr, "anneal_steps": anneal_steps,
         "seed": args.seed, "eval_samples": args.eval_samples, "device": str(device),
         "initial_bound": fit.initial_bound, "bound": fit.bound, "bound_se": fit.bound_se, "log_z": fit.log_z,
-        "kl": fit.kl, "ms_per_step": fit.ms_per_step, "seconds": fit.seconds, "skipped": fit.skipped,
+        "kl": fit.kl, "ms_per_step": fit.ms_per_step,
+        "cpu_ms_per_step": 1000.0 * fit.train_cpu_seconds / fit.train_steps, "seconds": fit.seconds, "skipped": fit.skipped,
         "history": [{"step": s, "beta": b, "bound": v} for s, b, v in fit.history],
         "torch": torch.__version__,
     }

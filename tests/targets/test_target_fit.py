@@ -141,7 +141,7 @@ def test_plot_several_targets(tmp_path):
 
 def test_fit_times_its_steps():
     fit = fit_energy("U1", num_flows=1, steps=6, **SMALL)
-    assert fit.train_steps == 6 and 0 < fit.train_seconds <= fit.seconds
+    assert fit.train_steps == 6 and 0 < fit.train_seconds <= fit.seconds and fit.train_cpu_seconds > 0
     assert fit.ms_per_step == pytest.approx(1000 * fit.train_seconds / 6)
 
 
