@@ -15,7 +15,8 @@ The annealing is R&M's: :math:`\beta_t = 0.01 + 0.99\min(1, t/T)` with :math:`T 
 (``--anneal-steps``; at the default 20,000 steps, half the run; R&M train for far more updates).
 After training, the bound :math:`\mathbb E_q[-U - \log q] = \log Z - \mathrm{KL}(q\|p)` is
 estimated from ``--eval-samples`` draws (its standard error is in every row), and
-:math:`\mathrm{KL} = \log Z - \text{bound}`.  ms/step is the wall time of the training loop per step.
+:math:`\mathrm{KL} = \log Z - \text{bound}`; every row also keeps ``history``, ``(step, beta, bound)``
+every 1000 steps (bound from 2,000 draws), to show whether the fit had converged.  ms/step is the wall time of the training loop per step.
 
 Every finished row is appended at once to ``<out>/energy.json`` (with the histogram of 50,000 draws
 of its ``q`` in ``<out>/energy_hist.npz``); a row already there with the same settings is skipped,
@@ -57,6 +58,7 @@ from pyro_nfvi.targets import (
     plot_energy_panels,
     target_energy,
 )
+from pyro_nfvi.targets.fit import REPORT_SAMPLES
 from report import machine, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,7 @@ KEY = ("target", "family", "num_flows", "steps", "samples", "lr", "final_lr", "a
 #: Draws of each fitted q kept as a histogram for the figure, and its bins per axis on [-4, 4]^2.
 FIGURE_SAMPLES, FIGURE_BINS, FIGURE_EXTENT = 50000, 100, 4.0
 GRID = 1000  # cells per axis of the grid log Z
+HISTORY_EVERY = 1000  # steps between the bound estimates (from REPORT_SAMPLES draws) kept in each row's history
 
 
 def command_line(args):
@@ -104,7 +107,8 @@ def fit_pyro_planar(target, num_flows, args, progress):
             "eta_min": args.lr * args.final_lr})
         svi = SVI(model, guide, optim, objective)
         bar = tqdm(range(1, args.steps + 1), desc=f"{target} {PYRO} K={num_flows}", disable=not progress, leave=False)
-        losses, train_start, train_cpu_start = [], time.perf_counter(), time.process_time()
+        losses, history = [], []
+        train_start, train_cpu_start = time.perf_counter(), time.process_time()
         for step in bar:
             beta = objective.beta
             loss = svi.step()
@@ -115,6 +119,9 @@ def fit_pyro_planar(target, num_flows, args, progress):
             if progress and (len(losses) == 100 or step == args.steps):
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.4g}", beta=f"{beta:.2f}", refresh=False)
                 losses = []
+            if step % HISTORY_EVERY == 0 or step == args.steps:
+                history.append((step, beta, estimate_bound(guide, energy, min(REPORT_SAMPLES, args.eval_samples),
+                                                           args.seed)[0]))
         bar.close()
         train_seconds = time.perf_counter() - train_start
         train_cpu_seconds = time.process_time() - train_cpu_start
@@ -126,7 +133,7 @@ def fit_pyro_planar(target, num_flows, args, progress):
         raise FloatingPointError(f"the fit diverged (final bound {bound}) with lr={args.lr:g}")
     row = {"initial_bound": initial_bound, "bound": bound, "bound_se": bound_se, "log_z": log_z,
            "ms_per_step": 1000.0 * train_seconds / args.steps, "cpu_ms_per_step": 1000.0 * train_cpu_seconds / args.steps,
-           "seconds": time.perf_counter() - start, "skipped": 0}
+           "seconds": time.perf_counter() - start, "skipped": 0, "history": [list(h) for h in history]}
     return row, energy_histogram(z, FIGURE_BINS, FIGURE_EXTENT)
 
 
@@ -134,10 +141,10 @@ def fit_ours(target, family, num_flows, args, progress):
     """Fit ``AutoFlowGuide`` with :func:`~pyro_nfvi.targets.fit_energy`; return ``(row, counts)``."""
     fit = fit_energy(target=target, flow=family, num_flows=num_flows, steps=args.steps, samples=args.samples,
                      lr=args.lr, final_lr=args.final_lr, anneal=anneal_steps(args) / args.steps, seed=args.seed,
-                     eval_samples=args.eval_samples, grid=GRID, log_every=0, progress=progress)
+                     eval_samples=args.eval_samples, grid=GRID, log_every=HISTORY_EVERY, progress=progress)
     row = {"initial_bound": fit.initial_bound, "bound": fit.bound, "bound_se": fit.bound_se, "log_z": fit.log_z,
            "ms_per_step": fit.ms_per_step, "cpu_ms_per_step": 1000.0 * fit.train_cpu_seconds / fit.train_steps,
-           "seconds": fit.seconds, "skipped": fit.skipped}
+           "seconds": fit.seconds, "skipped": fit.skipped, "history": [list(h) for h in fit.history]}
     return row, energy_histogram(fit.sample(FIGURE_SAMPLES, seed=args.seed), FIGURE_BINS, FIGURE_EXTENT)
 
 

@@ -110,6 +110,7 @@ def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
     assert [(r["family"], r["num_flows"], r["steps"], r["anneal_steps"]) for r in rows] == [
         ("planar", 2, 20, 20), ("pyro_planar", 2, 20, 20)]
     assert all(r["kl"] == r["log_z"] - r["bound"] and r["ms_per_step"] > 0 and r["cpu_ms_per_step"] > 0 for r in rows)
+    assert [[h[0] for h in r["history"]] for r in rows] == [[20], [20]]  # (step, beta, bound) every 1000 steps and at the end
     stored = json.loads((tmp_path / "energy.json").read_text())
     assert stored["rows"] == rows and stored["command"].startswith("python benchmarks/energy.py --targets U1")
     # a second sitting skips the rows already there and adds only the new K
