@@ -222,7 +222,7 @@ def write_figure(out, rows, hists):
         for family, k in columns:
             r = best.get((target, family, k))
             counts = hists.get(hist_name(r)) if r is not None else None
-            title = f"{family} K={k}" + (f"\nKL {r['kl']:.3f}" if counts is not None else "")
+            title = f"{'Pyro planar' if family == PYRO else family} K={k}" + (f"\nKL {r['kl']:.3f}" if counts is not None else "")
             panels[target].append((title, counts))
     return plot_energy_panels(panels, out / "energy_grid.png", extent=FIGURE_EXTENT, panel_size=1.7, dpi=80)
 
