@@ -105,3 +105,29 @@ def test_bayes_script(script, tmp_path):
     assert "| ar5 | NUTS (nuts) |" in table and "| ar5 | recipe | " in table
     merged = mod["main"](mod["parse_args"](["--merge", str(tmp_path / "a" / "bayes.json"), "--out", str(tmp_path / "b")]))
     assert merged["rows"] == report["rows"]
+
+
+def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
+    mod = script("energy")
+    argv = ["--targets", "U1", "--families", "planar", "pyro_planar", "--num-flows", "2", "--steps", "20",
+            "--samples", "8", "--eval-samples", "200", "--out", str(tmp_path)]
+    report = mod["main"](mod["parse_args"](argv))
+    rows = report["rows"]
+    assert [(r["family"], r["num_flows"], r["steps"], r["anneal_steps"]) for r in rows] == [
+        ("planar", 2, 20, 20), ("pyro_planar", 2, 20, 20)]
+    assert all(r["kl"] == r["log_z"] - r["bound"] and r["ms_per_step"] > 0 and r["cpu_ms_per_step"] > 0 for r in rows)
+    assert [[h[0] for h in r["history"]] for r in rows] == [[20], [20]]  # (step, beta, bound) every 1000 steps and at the end
+    stored = json.loads((tmp_path / "energy.json").read_text())
+    assert stored["rows"] == rows and stored["command"].startswith("python benchmarks/energy.py --targets U1")
+    # a second sitting skips the rows already there and adds only the new K
+    capsys.readouterr()
+    again = mod["main"](mod["parse_args"](argv[:6] + ["2", "3"] + argv[7:]))
+    assert "U1 planar K=2: already in" in capsys.readouterr().out
+    assert [(r["family"], r["num_flows"]) for r in again["rows"]] == [
+        ("planar", 2), ("pyro_planar", 2), ("planar", 3), ("pyro_planar", 3)]
+    assert again["rows"][:2] == rows
+    table = (tmp_path / "energy.md").read_text()
+    assert "| U1 | planar | 3 | 20 |" in table and "| U1 | Pyro AutoNormalizingFlow (planar) | 2 | 20 |" in table
+    assert 1000 < (tmp_path / "energy_grid.png").stat().st_size < 1_000_000
+    with pytest.raises(SystemExit):
+        mod["parse_args"](["--final-lr", "0"])

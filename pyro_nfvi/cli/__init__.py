@@ -23,13 +23,18 @@ argument checks), :mod:`~pyro_nfvi.cli.report` (tables, machine, command line of
   (``--resume``), then the train/valid/test -ELBO and the test IWAE NLL in ``--out/results.json``.
   ``--strategy ddp --devices N --num-nodes M`` trains on PyTorch Lightning's DDP.
 
-Planned (not yet implemented): ``energy`` (the U1-U4 sweep of ``examples/energy.py`` through the flow
-guides) and ``fit`` (a flow guide for a user model).  Add each as a module registered in :data:`SUBCOMMANDS`.
+* ``energy`` -- one cell of Rezende & Mohamed's Figure 3: a flow fitted to U1-U4 on their budget shape
+  (100 particles, Adam 1e-3, annealing over T = 10^4 steps) through
+  :func:`pyro_nfvi.targets.fit_energy`; prints the bound, the grid log Z, KL(q || p) and ms per step,
+  and writes a result JSON and a figure to ``--out``.  The full grid is ``benchmarks/energy.py``.
+
+Planned (not yet implemented): ``fit`` (a flow guide for a user model).  Add it as a module
+registered in :data:`SUBCOMMANDS`.
 """
 import argparse
 import sys
 
-from . import demo, vae
+from . import demo, energy, vae
 
 __all__ = ["build_parser", "main", "EXIT_INTERRUPTED", "SUBCOMMANDS"]
 
@@ -38,7 +43,7 @@ EXIT_INTERRUPTED = 130
 
 #: The subcommand modules, in the order ``nfvi --help`` lists them; each has ``add_parser(subparsers)``
 #: and ``run(args) -> exit code``.
-SUBCOMMANDS = (demo, vae)
+SUBCOMMANDS = (demo, energy, vae)
 
 
 def build_parser():

@@ -5,7 +5,7 @@
 * ``pyro_nfvi.targets.fit`` -- :func:`fit_energy`, an annealed fit of an
   :class:`~pyro_nfvi.guides.AutoFlowGuide` to one of these energies through :func:`energy_model`
   (used by ``nfvi demo`` and ``examples/energy.py``), and :func:`estimate_bound`.
-* ``pyro_nfvi.targets.plot`` -- :func:`plot_energy_fits`, figures of targets and fits.
+* ``pyro_nfvi.targets.plot`` -- :func:`plot_energy_fits` and :func:`plot_energy_panels`, figures of targets and fits.
 * ``pyro_nfvi.targets.bayes`` -- classic Bayesian models with their data, and ``MODELS``, the
   benchmark models by name.
 * ``pyro_nfvi.targets.vae`` -- the flow VAE of Henrion & Welleck on binarized MNIST
@@ -29,7 +29,7 @@ from .energies import (
     target_energy,
 )
 from .fit import EnergyFit, estimate_bound, fit_energy
-from .plot import plot_energy_fits
+from .plot import energy_histogram, plot_energy_fits, plot_energy_panels
 from .vae import Decoder, VAEModel, iwae_nll, negative_elbo, vae_guide
 from .vae_training import VAERun, evaluate_vae, train_vae
 
@@ -46,6 +46,7 @@ __all__ = [
     "VAERun",
     "WALL",
     "box_wall",
+    "energy_histogram",
     "energy_model",
     "estimate_bound",
     "evaluate_vae",
@@ -54,6 +55,7 @@ __all__ = [
     "log_normalizer",
     "negative_elbo",
     "plot_energy_fits",
+    "plot_energy_panels",
     "target_energy",
     "train_vae",
     "vae_guide",

@@ -106,6 +106,12 @@ class EnergyFit:
         bound, bound_se (float): the final bound and its Monte Carlo standard error.
         log_z (float): the grid :math:`\log Z`.
         seconds (float): wall time of the fit (bound estimates and training; not the grid).
+        train_seconds (float): wall time of the optimisation steps taken by this call (after a
+            resume: since the resume), with the progress reports' bound estimates and the
+            checkpoints but without the initial and final estimates.
+        train_steps (int): the optimisation steps taken by this call.
+        train_cpu_seconds (float): process CPU time of the same steps (all threads; on a shared
+            machine a steadier measure of cost than the wall time).
         guide (AutoFlowGuide): the fitted guide.
         objective (AnnealedELBO): the objective; ``objective.t`` steps taken, ``objective.beta``
             the inverse temperature of the next step.
@@ -133,6 +139,14 @@ class EnergyFit:
     objective: AnnealedELBO = field(repr=False)
     history: list = field(default_factory=list, repr=False)
     skipped: int = 0
+    train_seconds: float = 0.0
+    train_steps: int = 0
+    train_cpu_seconds: float = 0.0
+
+    @property
+    def ms_per_step(self):
+        """Milliseconds per optimisation step (``train_seconds / train_steps``; NaN if none was taken)."""
+        return 1000.0 * self.train_seconds / self.train_steps if self.train_steps else math.nan
 
     @property
     def kl(self):
@@ -205,7 +219,9 @@ def fit_energy(
     (:class:`~pyro_nfvi.objectives.AnnealedELBO`, ``mode="free_energy"``), with
     :math:`\beta_t = 0.01 + 0.99\min(1, t/T)`, :math:`T` = ``round(anneal * steps)``
     (:func:`~pyro_nfvi.objectives.linear_warmup`; :math:`\beta = 1` throughout if :math:`T = 0`).
-    The learning rate decays from ``lr`` to ``lr * final_lr`` by a cosine schedule.  The bound
+    The learning rate decays from ``lr`` to ``lr * final_lr`` by a cosine schedule (``final_lr=1``:
+    constant).  The progress bar shows the mean batch free energy (``loss``) since the last update
+    and :math:`\beta`.  The bound
     :math:`\mathbb E_q[-U - \log q]` is then estimated by :func:`estimate_bound` from
     ``eval_samples`` draws.  The global torch RNG is forked, so the call is reproducible from
     ``seed`` and leaves the caller's RNG alone; Pyro's global param store is not used
@@ -311,6 +327,8 @@ def fit_energy(
         report(f"{target}: {flow} x {num_flows}, initial bound {initial_bound:.4f}, log Z {log_z:.4f}")
         bar = tqdm(range(done + 1, steps + 1), desc=f"fit {target}", disable=not progress, file=sys.stderr,
                    leave=False)
+        bar_losses = []
+        train_start, train_cpu_start = time.perf_counter(), time.process_time()
         try:
             for step in bar:
                 beta = objective.beta
@@ -324,10 +342,15 @@ def fit_energy(
                     raise FloatingPointError(_diverged(lr, step, steps, f"loss {loss}"))
                 lr_decay[0].step()
                 running.append(loss)
+                if progress:
+                    bar_losses.append(loss)
+                    if len(bar_losses) == 100 or step == steps:
+                        bar.set_postfix(loss=f"{sum(bar_losses) / len(bar_losses):.4g}", beta=f"{beta:.2f}",
+                                        refresh=False)
+                        bar_losses = []
                 if log_every and (step % log_every == 0 or step == steps):
                     bound, _ = estimate_bound(guide, energy, report_samples, seed)
                     history.append((step, beta, bound))
-                    bar.set_postfix(beta=f"{beta:.2f}", bound=f"{bound:.3f}")
                     report(f"step {step:>6d}/{steps}  beta {beta:.3f}  free energy (batch mean) "
                            f"{sum(running) / len(running):.4f}  bound {bound:.4f}")
                     running = []
@@ -335,6 +358,8 @@ def fit_energy(
                     save()
         finally:
             bar.close()
+        train_seconds = time.perf_counter() - train_start
+        train_cpu_seconds = time.process_time() - train_cpu_start
         bound, bound_se = estimate_bound(guide, energy, eval_samples, seed)
     if not math.isfinite(bound):
         raise FloatingPointError(_diverged(lr, steps, steps, f"final bound {bound}"))
@@ -353,4 +378,7 @@ def fit_energy(
         objective=objective,
         history=history,
         skipped=svi.guard.skipped if svi.guard is not None else 0,
+        train_seconds=train_seconds,
+        train_steps=steps - done,
+        train_cpu_seconds=train_cpu_seconds,
     )

@@ -137,3 +137,23 @@ def test_plot_several_targets(tmp_path):
     assert (tmp_path / "fits.png").stat().st_size > 1000 and out == tmp_path / "fits.png"
     with pytest.raises(ValueError, match="at least one"):
         plot_energy_fits([], tmp_path / "none.png")
+
+
+def test_fit_times_its_steps():
+    fit = fit_energy("U1", num_flows=1, steps=6, **SMALL)
+    assert fit.train_steps == 6 and 0 < fit.train_seconds <= fit.seconds and fit.train_cpu_seconds > 0
+    assert fit.ms_per_step == pytest.approx(1000 * fit.train_seconds / 6)
+
+
+def test_energy_histogram_layout_and_panels(tmp_path):
+    from pyro_nfvi.targets import energy_histogram, plot_energy_panels
+
+    # z1 across (columns), z2 up (rows): a point at (3, -3) lands bottom right
+    counts = energy_histogram(torch.tensor([[3.0, -3.0]] * 5 + [[0.5, 9.0]]), bins=8, extent=4.0)
+    assert counts.shape == (8, 8) and counts.sum() == 5 and counts[1, 7] == 5
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        energy_histogram(torch.zeros(4, 3))
+    path = plot_energy_panels({"U1": [("q", counts), ("missing", None)]}, tmp_path / "p.png", panel_size=1.5, dpi=60)
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="at least one target"):
+        plot_energy_panels({}, tmp_path / "none.png")
