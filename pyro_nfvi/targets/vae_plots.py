@@ -63,7 +63,8 @@ def plot_samples_and_reconstructions(model, guide, images, path, num=10, seed=0,
     reconstructions are :math:`\\sigma(g(z))` for one :math:`z \\sim q(z \\mid x)`.
 
     Args:
-        model (VAEModel), guide (AmortizedFlowGuide): the trained VAE.
+        model (VAEModel): the trained model.
+        guide (pyro_nfvi.guides.AmortizedFlowGuide): its trained guide.
         images (torch.Tensor): ``(N, 784)`` images; ``num`` of them, evenly spaced, are reconstructed.
         path (str): the PNG file.
         num (int): images per row.

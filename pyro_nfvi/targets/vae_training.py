@@ -44,13 +44,15 @@ class VAERun:
     """A (possibly partial) training run of :func:`train_vae`.
 
     Attributes:
-        model (VAEModel), guide (AmortizedFlowGuide): with the parameters of the best validation epoch.
+        model (VAEModel): the model, with the parameters of the best validation epoch.
+        guide (pyro_nfvi.guides.AmortizedFlowGuide): the guide, with the parameters of that epoch.
         history (list of dict): per epoch ``epoch`` (from 1), ``train`` (the epoch's mean training
             loss per image: the ELBO at beta = 1, the warm-up objective before), ``valid``
             (validation -ELBO), ``beta``, ``lr`` and ``seconds`` (training time of the epoch).
-        best_epoch (int), best_valid (float): the epoch kept and its validation -ELBO.
+        best_epoch (int): the epoch kept.
+        best_valid (float): its validation -ELBO.
         stopped_early (bool): training stopped after ``patience`` epochs without improvement.
-        settings (dict): the run's settings (:func:`training_settings`).
+        settings (dict): the run's settings (``training_settings``).
     """
 
     model: object
@@ -107,8 +109,10 @@ def train_vae(train, valid, *, flow="iaf", num_flows=2, epochs=100, batch_size=1
     """Train the flow VAE on ``train`` with early stopping on ``valid``; return a :class:`VAERun`.
 
     Args:
-        train, valid (torch.Tensor): ``(N, 784)`` binarized images.
-        flow (str), num_flows (int): the guide's flow family (``"none"``: the Gaussian VAE) and ``K``.
+        train (torch.Tensor): ``(N, 784)`` binarized training images.
+        valid (torch.Tensor): ``(N_valid, 784)`` binarized validation images.
+        flow (str): the guide's flow family (``"none"``: the Gaussian VAE).
+        num_flows (int): the number of flow layers ``K``.
         epochs (int): the epoch budget (a resumed run continues up to it).
         batch_size (int): images per step (100).
         lr (float): Adam's initial learning rate.
@@ -116,7 +120,9 @@ def train_vae(train, valid, *, flow="iaf", num_flows=2, epochs=100, batch_size=1
         warmup (int): KL warm-up epochs (``0``: none).
         patience (int): epochs without a better validation -ELBO before stopping.
         seed (int): random seed.
-        z_dim (int), hidden (tuple), activation (str): the architecture (40, (300, 300), ELU).
+        z_dim (int): the number of latents (40).
+        hidden (tuple): the hidden sizes of the encoder and decoder MLPs ((300, 300)).
+        activation (str): their activation (ELU).
         folder (str or None): where ``last.pt`` and ``best.pt`` are written every epoch (``None``: keep
             the best parameters in memory only).
         resume (bool): continue from ``folder/last.pt`` if it exists (same settings); else start afresh.
