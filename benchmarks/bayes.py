@@ -217,7 +217,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per fit")
     parser.add_argument("--particles", type=int, default=8, help="ELBO particles per step")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3, 1e-2], help="the learning-rate grid")
-    parser.add_argument("--estimator", default="dreg", help="the recipe's estimator (elbo, stl, dreg)")
+    parser.add_argument("--estimator", default="auto",
+                        help="the recipe's estimator (auto: dreg, or elbo after a Laplace warm start; elbo, stl, dreg)")
     parser.add_argument("--recipe-flow", default="iaf", help="the recipe's flow family")
     parser.add_argument("--recipe-num-flows", type=int, default=4, help="the recipe's number of layers")
     parser.add_argument("--recipe-base", default="diagonal", help="the recipe's base: diagonal or full")

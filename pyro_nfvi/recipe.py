@@ -325,15 +325,16 @@ def fit(
     result = FitResult()
     if isinstance(estimator, str):
         check_choice("estimator", estimator, ESTIMATORS)
+    # one traced call creates a lazy guide's parameters (and sets up a flow guide) before the warm start
+    tensors = _trainable(model, guide, args, kwargs)
+    if not tensors:
+        raise ValueError("fit found no parameters in the guide (or the model) to train")
     if warm_start:
         _warm_start(model, guide, args, kwargs, warm_start_steps, num_particles, result)
     if estimator == "auto":
         estimator = "elbo" if result.warm_start == "laplace" else "dreg"
     result.estimator = estimator if isinstance(estimator, str) else type(estimator).__name__
     loss = make_loss(estimator, guide, num_particles, vectorize_particles)
-    tensors = _trainable(model, guide, args, kwargs)
-    if not tensors:
-        raise ValueError("fit found no parameters in the guide (or the model) to train")
 
     module = guide if isinstance(guide, torch.nn.Module) else None
 
