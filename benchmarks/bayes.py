@@ -202,6 +202,8 @@ def main(args):
         table.append(f"| {model_name} | NUTS ({info.get('source', '?')}) | {nuts.get('divergences', '-')} | - | 0 | 0 | - | - | "
                      f"{nuts.get('seconds', float('nan')):.1f} | {'-' if cpu is None else f'{cpu:.1f}'} |")
         for guide_name in guides:
+            if not any(r["model"] == model_name and r["guide"] == guide_name for r in rows):
+                continue  # a guide run on some models only (e.g. a merged report)
             s = summarize(rows, model_name, guide_name)
             table.append(f"| {model_name} | {guide_name} | {s['divergences']} | {s['lr']} | {s['mean_err']} | "
                          f"{s['sd_err']} | {s['khat']} | {s['elbo']:.2f} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} |")
