@@ -14,12 +14,13 @@ from .amortized import AmortizedFlowGuide
 from .auto import AutoFlowGuide
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fast import FastSVI, fit_fast
-from .laplace import Preconditioner, laplace_approximation
+from .laplace import PRECONDITION_MAX_DIM, Preconditioner, laplace_approximation
 
 __all__ = [
     "AmortizedFlowGuide",
     "AutoFlowGuide",
     "FastSVI",
+    "PRECONDITION_MAX_DIM",
     "Preconditioner",
     "fit_fast",
     "laplace_approximation",

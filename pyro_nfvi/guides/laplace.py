@@ -17,7 +17,12 @@ from torch import nn
 
 from ..validation import check_int
 
-__all__ = ["Preconditioner", "laplace_approximation"]
+__all__ = ["PRECONDITION_MAX_DIM", "Preconditioner", "laplace_approximation"]
+
+#: ``AutoFlowGuide(precondition="auto")`` preconditions a model with at most this many latent
+#: dimensions: the map holds a D x D factor and the Laplace warm start an autograd Hessian (D
+#: backward passes), cheap below a few hundred dimensions.
+PRECONDITION_MAX_DIM = 200
 
 
 def laplace_approximation(log_density, start, num_steps=200):

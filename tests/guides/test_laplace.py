@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_nfvi import AutoFlowGuide, fit
-from pyro_nfvi.guides.laplace import Preconditioner, laplace_approximation
+from pyro_nfvi.guides.laplace import PRECONDITION_MAX_DIM, Preconditioner, laplace_approximation
 from pyro_nfvi.targets.bayes import MODELS, funnel
 
 # an ill-conditioned, correlated Gaussian posterior over a vector and a positive site
@@ -85,7 +85,7 @@ def test_the_preconditioner_is_saved_and_a_preconditioned_state_is_refused_elsew
     with torch.no_grad():
         x = torch.randn(5, 4)
         assert torch.allclose(fresh.get_transform()(x), guide.get_transform()(x))
-    plain = AutoFlowGuide(model, flow="iaf", num_flows=2, model_args=(), name="plain")
+    plain = AutoFlowGuide(model, flow="iaf", num_flows=2, precondition=False, model_args=(), name="plain")
     with pytest.raises(ValueError, match="precondition"):
         plain.load_state_dict(state)
     # through Pyro's param store: the buffers travel with the parameters
@@ -95,6 +95,29 @@ def test_the_preconditioner_is_saved_and_a_preconditioned_state_is_refused_elsew
     again = AutoFlowGuide(model, flow="iaf", num_flows=2, precondition=True, model_args=())
     again(), None
     assert torch.equal(again.state_dict()["preconditioner.shift"], guide.preconditioner.shift)
+
+
+def test_precondition_auto_preconditions_small_models_only():
+    small = AutoFlowGuide(model, flow="planar", num_flows=1, model_args=(), name="small")
+    assert small.precondition is True and small.preconditioner is not None
+    assert small._fingerprint_fields["precondition"] is True
+
+    def big():
+        pyro.sample("z", dist.Normal(torch.zeros(PRECONDITION_MAX_DIM + 1), 1.0).to_event(1))
+
+    large = AutoFlowGuide(big, flow="planar", num_flows=1, model_args=(), name="large")
+    assert large.precondition is False and large.preconditioner is None
+    assert "precondition" not in large._fingerprint_fields
+    lazy = AutoFlowGuide(model, flow="planar", num_flows=1, name="lazy")
+    assert lazy.precondition is None  # decided at set-up, when the dimension is known
+    lazy()
+    assert lazy.precondition is True
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_precondition_rejects_other_values(value):
+    with pytest.raises(ValueError, match="precondition must be True, False or 'auto'"):
+        AutoFlowGuide(model, precondition=value)
 
 
 def test_preconditioner_is_the_identity_until_set():
@@ -117,7 +140,7 @@ def test_recipe_keeps_the_laplace_whitening_where_its_elbo_is_higher_and_falls_b
     result = fit(funnel_model, guide, *args_f, num_steps=3, lrs=(1e-3,), num_particles=2, warm_start_steps=5, progress=False)
     assert result.warm_start == "base" and "fit_base" in result.warm_start_error and len(result.warm_start_losses) == 5
     assert result.estimator == "dreg"
-    plain = AutoFlowGuide(funnel_model, model_args=args_f, name="p")
+    plain = AutoFlowGuide(funnel_model, precondition=False, model_args=args_f, name="p")
     result = fit(funnel_model, plain, *args_f, num_steps=3, lrs=(1e-3,), num_particles=2, warm_start_steps=5, progress=False)
     assert result.warm_start == "base" and result.warm_start_error is None and not result.warm_start_bounds
 
