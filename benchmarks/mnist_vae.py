@@ -161,7 +161,9 @@ def write_report(args, report):
              "s / epoch | wall (h) | H&W train / valid / test |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     histories = {}
-    for family, k in _rows_wanted(args):
+    # every row of the table, whichever rows this sitting trains (--runs-only)
+    reported = list(PRIORITY) + [r for r in _rows_wanted(args) if r not in PRIORITY]
+    for family, k in reported:
         hw = HW_TABLE.get((family, k))
         hw_text = " / ".join(f"{v:.1f}" for v in hw) if hw else "--"
         row = rows.get((family, k))
@@ -190,7 +192,7 @@ def write_report(args, report):
         else:
             lines.append(f"| {family} | {k} | not started | | | | | | | | {hw_text} |")
     for (family, k), hw in HW_TABLE.items():  # H&W rows outside the requested set, for reference
-        if (family, k) not in _rows_wanted(args):
+        if (family, k) not in reported:
             lines.append(f"| {family} | {k} | not requested | | | | | | | | {' / '.join(f'{v:.1f}' for v in hw)} |")
     lines += ["", "Complete rows: the three -ELBO columns are evaluated after training with the kept (best "
               "validation) parameters. Partial rows: the last epoch's training loss and the best validation "

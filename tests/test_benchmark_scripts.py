@@ -43,6 +43,19 @@ def test_stability_script(script, tmp_path):
     assert len(again["rows"]) == 6 and sum(r["seed"] == 1 for r in again["rows"]) == 2
 
 
+def test_the_divergence_criterion(script):
+    divergence = script("stability")["divergence"]
+    slow = [1000.0 - i for i in range(300)]  # still converging: never above an earlier level
+    assert divergence(slow, 100.0)[0] is None
+    noisy = [200.0] * 300
+    noisy[150] = 5000.0  # one bad ELBO draw: the rolling median ignores it
+    assert divergence(noisy, 100.0)[:2] == (None, 0.0)
+    blown = [200.0] * 100 + [900.0] * 200  # the parameters blew up and stayed up
+    at, rise, trace = divergence(blown, 100.0)
+    assert at == 124 and rise == 700.0  # half the window above: the median is 550 and trace[0] == 200.0
+    assert divergence([200.0, float("nan")], 100.0)[0] == 1
+
+
 def test_nuts_reference_script(script, tmp_path):
     from pyro_nfvi.targets.reference import load_reference
 

@@ -34,6 +34,7 @@ def test_mnist_vae_benchmark_appends_rows_and_resumes(bench, tmp_path):
     md = (out / "mnist_vae.md").read_text()
     assert "| none | 0 | complete | 2 (" in md and "| iaf | 2 | complete | 2 (" in md
     assert "87.5 / 94.2 / 93.5" in md  # Henrion & Welleck's IAF K=2 row beside ours
+    assert "| sylvester | 2 | not started |" in md  # --runs-only trains some rows; the table lists them all
     gain = rows[0]["test_elbo"][0] - rows[1]["test_elbo"][0]
     assert f"- iaf K=2: {gain:+.2f} nats vs the VAE ({'met' if gain >= 1 else 'missed'}; target >= 1)" in md
     for png in ("mnist_vae_curves.png", "mnist_vae_samples.png"):
