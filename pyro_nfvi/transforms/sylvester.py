@@ -17,11 +17,47 @@ from .base import FlowModule
 from .monotone import solve_monotone
 from .planar import planar_log_det, planar_uhat
 
-__all__ = ["Sylvester", "orthonormalize", "householder_product", "SYLVESTER_KINDS"]
+__all__ = ["Sylvester", "orthonormalize", "qr_orthonormal", "householder_product", "ORTHOGONALIZATIONS", "SYLVESTER_KINDS"]
 
 #: The ways of building ``Q``: Bjorck-orthogonalised ``D x M`` matrix, product of Householder
 #: reflections, or a fixed permutation (triangular Sylvester flow).
 SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")
+
+
+#: How ``kind="orthogonal"`` turns its raw ``D x M`` matrix into orthonormal columns:
+#: ``"qr"`` (:func:`qr_orthonormal`, the default: one Householder QR, about 10x cheaper than
+#: Bjorck per amortized batch) or ``"bjorck"`` (:func:`orthonormalize`, van den Berg et al.'s choice).
+ORTHOGONALIZATIONS = ("qr", "bjorck")
+
+
+def qr_orthonormal(w):
+    r"""Orthonormal columns from ``w`` (``(..., D, M)``, ``M <= D``): the :math:`Q` of :math:`w = QR` with :math:`r_{ii} > 0`.
+
+    With the signs fixed so that :math:`R` has a positive diagonal the factorisation is unique and
+    :math:`Q` is a smooth function of a full-rank ``w`` (Gram-Schmidt on its columns), so autograd
+    runs through it (``torch.linalg.qr``'s backward).  One Householder QR costs :math:`O(D M^2)`,
+    against a few tens of :math:`O(D M^2)` Bjorck steps for :func:`orthonormalize`; the two give
+    different orthonormal matrices for the same ``w`` (Gram-Schmidt against the polar factor), both
+    valid parametrisations of the Stiefel manifold.
+
+    Reference: Golub & Van Loan, *Matrix Computations*, 4th ed., 2013, section 5.2.
+
+    Args:
+        w (Tensor): ``(..., D, M)`` with ``M <= D``.
+
+    Example:
+        >>> w = torch.randn(5, 3, dtype=torch.float64)
+        >>> q = qr_orthonormal(w)
+        >>> torch.allclose(q.mT @ q, torch.eye(3, dtype=torch.float64), atol=1e-12)
+        True
+        >>> bool(torch.allclose(q @ (q.mT @ w), w))  # the same column space
+        True
+    """
+    if w.shape[-1] > w.shape[-2]:
+        raise ValueError(f"qr_orthonormal needs M <= D, got a matrix of shape {tuple(w.shape)}")
+    q, r = torch.linalg.qr(w)
+    sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) >= 0, 1.0, -1.0).to(w.dtype)
+    return q * sign.unsqueeze(-2)
 
 
 def orthonormalize(w, max_iter=100):
@@ -121,8 +157,10 @@ class Sylvester(FlowModule):
 
     ``Q`` (``D x M``, orthonormal columns) depends on ``kind``:
 
-    * ``"orthogonal"``: a raw ``D x M`` matrix ``Q`` orthonormalised by ``orthonormalize``
-      (Bjorck iteration to machine precision, differentiable);
+    * ``"orthogonal"``: a raw ``D x M`` matrix ``Q`` orthonormalised by :func:`qr_orthonormal`
+      (``orthogonalization="qr"``, the default: one QR decomposition) or :func:`orthonormalize`
+      (``"bjorck"``: Bjorck iteration to machine precision, van den Berg et al.'s choice, about 10x
+      the cost for a batch of amortized matrices); both differentiable;
     * ``"householder"``: the product of ``num_householder`` reflections, ``householder_product``
       (``M = D``);
     * ``"triangular"``: a fixed permutation, the identity or (``reverse=True``) the reversal
@@ -160,6 +198,7 @@ class Sylvester(FlowModule):
         sylvester_kind (str or None): deprecated alias of ``kind`` (``FutureWarning``); it was the
             name :func:`~pyro_nfvi.transforms.flow` forwarded before that factory's first argument
             was renamed ``family``.
+        orthogonalization (str): ``"qr"`` or ``"bjorck"`` (``kind="orthogonal"`` only), see above.
 
     Example:
         >>> layer = Sylvester(3, kind="householder")
@@ -183,6 +222,7 @@ class Sylvester(FlowModule):
         reverse=False,
         cache_size=1,
         sylvester_kind=None,
+        orthogonalization="qr",
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
         if sylvester_kind is not None:
@@ -196,6 +236,9 @@ class Sylvester(FlowModule):
                 raise ValueError(f"kind={kind!r} and sylvester_kind={sylvester_kind!r} disagree")
             kind = sylvester_kind
         self.kind = check_choice("kind", kind, SYLVESTER_KINDS)
+        self.orthogonalization = check_choice("orthogonalization", orthogonalization, ORTHOGONALIZATIONS)
+        if kind != "orthogonal" and orthogonalization != "qr":
+            raise ValueError(f"orthogonalization is only used by kind='orthogonal', not kind={kind!r}")
         if kind == "orthogonal":
             m = self.dim if num_ortho is None else check_int("num_ortho", num_ortho)
             if m > self.dim:
@@ -256,7 +299,7 @@ class Sylvester(FlowModule):
 
     def _q(self, raw):
         if self.kind == "orthogonal":
-            return orthonormalize(raw["Q"])
+            return qr_orthonormal(raw["Q"]) if self.orthogonalization == "qr" else orthonormalize(raw["Q"])
         if self.kind == "householder":
             return householder_product(raw["v"])
         return self.perm_matrix
@@ -314,7 +357,7 @@ class Sylvester(FlowModule):
         return x, planar_log_det(v, p["wu"]).sum(-1)
 
     def extra_repr(self):
-        extra = f", num_ortho={self.num_ortho}" if self.kind == "orthogonal" else ""
+        extra = f", num_ortho={self.num_ortho}, orthogonalization={self.orthogonalization!r}" if self.kind == "orthogonal" else ""
         if self.kind == "householder":
             extra = f", num_householder={self.num_householder}"
         if self.kind == "triangular":

@@ -6,7 +6,7 @@ import torch
 from flowcheck import F64, bound, check_float64_under_float32, perturb
 
 from pyro_nfvi.transforms import Sylvester, flow
-from pyro_nfvi.transforms.sylvester import householder_product, orthonormalize
+from pyro_nfvi.transforms.sylvester import householder_product, orthonormalize, qr_orthonormal
 
 KINDS = ["orthogonal", "householder", "triangular"]
 
@@ -133,16 +133,19 @@ def test_orthonormalize_converges_for_ill_conditioned_and_falls_back_for_singula
     with pytest.warns(RuntimeWarning, match="did not converge"):
         q = orthonormalize(singular, max_iter=30)
     assert (q.mT @ q - torch.eye(4, dtype=F64)).abs().max() < 1e-13
-    # the flow then still reports the log-det of the map it computes
-    module = Sylvester(6, num_ortho=4).double()
-    perturb(module, 1.0)
-    with torch.no_grad():
-        module.Q.copy_(singular)
+    # the flow then still reports the log-det of the map it computes; QR needs no fallback
     x = torch.randn(6, dtype=F64)
-    with pytest.warns(RuntimeWarning):
-        ladj = module.forward_and_log_det(x)[1]
-        _, _, ref = jacobian_log_det(module, x)
-    assert abs(float(ladj.detach() - ref)) < 1e-9
+    for orthogonalization in ("bjorck", "qr"):
+        module = Sylvester(6, num_ortho=4, orthogonalization=orthogonalization).double()
+        perturb(module, 1.0)
+        with torch.no_grad():
+            module.Q.copy_(singular)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ladj = module.forward_and_log_det(x)[1]
+            _, _, ref = jacobian_log_det(module, x)
+        assert any(issubclass(w.category, RuntimeWarning) for w in caught) == (orthogonalization == "bjorck")
+        assert abs(float(ladj.detach() - ref)) < 1e-9
 
 
 def test_householder_and_triangular_q():
@@ -258,3 +261,33 @@ def test_bad_arguments():
         Sylvester(3, context_dim=2).condition(torch.randn(4, 3))
     with pytest.raises(ValueError, match="event shape"):
         Sylvester(3)(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_bjorck_orthogonalization_is_exact_too(context_dim):
+    module = make(5, context_dim, "orthogonal", orthogonalization="bjorck")
+    ctx = torch.randn(context_dim, dtype=F64) if context_dim else None
+    x = torch.randn(5, dtype=F64)
+    _, _, ref = jacobian_log_det(bound(module, ctx), x)
+    assert abs(float(bound(module, ctx).forward_and_log_det(x)[1].detach() - ref)) < 1e-9
+
+
+def test_qr_and_bjorck_span_the_same_columns_and_qr_is_smooth():
+    torch.manual_seed(0)
+    w = torch.randn(3, 6, 4, dtype=F64, requires_grad=True)
+    q, polar = qr_orthonormal(w), orthonormalize(w)
+    eye = torch.eye(4, dtype=F64)
+    assert (q.mT @ q - eye).abs().max() < 1e-12
+    assert torch.allclose(q @ q.mT, polar @ polar.mT, atol=1e-10)  # the same projector onto span(w)
+    assert (torch.diagonal(q.mT @ w, dim1=-2, dim2=-1) > 0).all()  # R's positive diagonal
+    assert torch.autograd.gradcheck(qr_orthonormal, (w,))
+
+
+def test_orthogonalization_is_checked():
+    assert Sylvester(3).orthogonalization == "qr"
+    with pytest.raises(ValueError, match="orthogonalization"):
+        Sylvester(3, orthogonalization="gram")
+    with pytest.raises(ValueError, match="only used by kind='orthogonal'"):
+        Sylvester(3, kind="householder", orthogonalization="bjorck")
+    with pytest.raises(ValueError, match="M <= D"):
+        qr_orthonormal(torch.randn(2, 3))
