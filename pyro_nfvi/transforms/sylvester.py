@@ -25,8 +25,8 @@ SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")
 
 
 #: How ``kind="orthogonal"`` turns its raw ``D x M`` matrix into orthonormal columns:
-#: ``"qr"`` (:func:`qr_orthonormal`, the default: one Householder QR, about 10x cheaper than
-#: Bjorck per amortized batch) or ``"bjorck"`` (:func:`orthonormalize`, van den Berg et al.'s choice).
+#: ``"qr"`` (``qr_orthonormal``, the default: one Householder QR, about 10x cheaper than
+#: Bjorck per amortized batch) or ``"bjorck"`` (``orthonormalize``, van den Berg et al.'s choice).
 ORTHOGONALIZATIONS = ("qr", "bjorck")
 
 
@@ -36,7 +36,7 @@ def qr_orthonormal(w):
     With the signs fixed so that :math:`R` has a positive diagonal the factorisation is unique and
     :math:`Q` is a smooth function of a full-rank ``w`` (Gram-Schmidt on its columns), so autograd
     runs through it (``torch.linalg.qr``'s backward).  One Householder QR costs :math:`O(D M^2)`,
-    against a few tens of :math:`O(D M^2)` Bjorck steps for :func:`orthonormalize`; the two give
+    against a few tens of :math:`O(D M^2)` Bjorck steps for ``orthonormalize``; the two give
     different orthonormal matrices for the same ``w`` (Gram-Schmidt against the polar factor), both
     valid parametrisations of the Stiefel manifold.
 
@@ -157,8 +157,8 @@ class Sylvester(FlowModule):
 
     ``Q`` (``D x M``, orthonormal columns) depends on ``kind``:
 
-    * ``"orthogonal"``: a raw ``D x M`` matrix ``Q`` orthonormalised by :func:`qr_orthonormal`
-      (``orthogonalization="qr"``, the default: one QR decomposition) or :func:`orthonormalize`
+    * ``"orthogonal"``: a raw ``D x M`` matrix ``Q`` orthonormalised by ``qr_orthonormal``
+      (``orthogonalization="qr"``, the default: one QR decomposition) or ``orthonormalize``
       (``"bjorck"``: Bjorck iteration to machine precision, van den Berg et al.'s choice, about 10x
       the cost for a batch of amortized matrices); both differentiable;
     * ``"householder"``: the product of ``num_householder`` reflections, ``householder_product``
