@@ -143,7 +143,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         self._num_flows = check_int("num_flows", num_flows, minimum=0)
         self._init_scale = check_positive("init_scale", init_scale)
         self._base = check_choice("base", base, BASES)
-        if not (isinstance(precondition, bool) or precondition == "auto"):
+        if not (isinstance(precondition, bool) or (isinstance(precondition, str) and precondition == "auto")):
             raise ValueError(f"precondition must be True, False or 'auto', got {precondition!r}")
         self._precondition_option = precondition
         self.precondition = None if precondition == "auto" else precondition
