@@ -54,6 +54,8 @@ def test_the_divergence_criterion(script):
     at, rise, trace = divergence(blown, 100.0)
     assert at == 124 and rise == 700.0  # half the window above: the median is 550 and trace[0] == 200.0
     assert divergence([200.0, float("nan")], 100.0)[0] == 1
+    early = [47000.0 - 10 * i + (400.0 if 60 <= i < 90 else 0.0) for i in range(300)]  # noise at 47k nats
+    assert divergence(early, 100.0)[0] is None
 
 
 def test_nuts_reference_script(script, tmp_path):
