@@ -152,13 +152,14 @@ def _state_copy(module):
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in module.state_dict().items()}
 
 
-def _bound(model, guide, args, kwargs, num_particles=512):
-    """A Monte Carlo ELBO estimate (``num_particles`` vectorized draws), without gradients."""
+def _bound(model, guide, args, kwargs, vectorize=True):
+    """A Monte Carlo ELBO estimate without gradients: 512 vectorized draws, or 64 one at a time."""
     with torch.no_grad():
-        return -Trace_ELBO(num_particles=num_particles, vectorize_particles=True).loss(model, guide, *args, **kwargs)
+        elbo = Trace_ELBO(num_particles=512, vectorize_particles=True) if vectorize else Trace_ELBO(num_particles=64)
+        return -elbo.loss(model, guide, *args, **kwargs)
 
 
-def _warm_start(model, guide, args, kwargs, steps, num_particles, result):
+def _warm_start(model, guide, args, kwargs, steps, num_particles, result, vectorize=True):
     """The warm start of :func:`fit`: the better, by the ELBO, of the Laplace whitening and the fitted base.
 
     A guide with a ``preconditioner`` tries :meth:`~pyro_nfvi.guides.AutoFlowGuide.fit_laplace`
@@ -172,7 +173,7 @@ def _warm_start(model, guide, args, kwargs, steps, num_particles, result):
         initial = _state_copy(guide)
         try:
             guide.fit_laplace(*args, **kwargs)
-            result.warm_start_bounds["laplace"] = _bound(model, guide, args, kwargs)
+            result.warm_start_bounds["laplace"] = _bound(model, guide, args, kwargs, vectorize)
             laplace = _state_copy(guide)
             result.warm_start = "laplace"
         except ValueError as err:
@@ -180,10 +181,11 @@ def _warm_start(model, guide, args, kwargs, steps, num_particles, result):
         if steps and callable(getattr(guide, "fit_base", None)):
             guide.load_state_dict(initial)  # the identity preconditioner again
     if steps and callable(getattr(guide, "fit_base", None)):
-        result.warm_start_losses = guide.fit_base(*args, num_steps=steps, num_particles=num_particles, **kwargs)
+        result.warm_start_losses = guide.fit_base(*args, num_steps=steps, num_particles=num_particles,
+                                                  vectorize_particles=vectorize, **kwargs)
         result.warm_start = "base"
         if laplace is not None:
-            result.warm_start_bounds["base"] = _bound(model, guide, args, kwargs)
+            result.warm_start_bounds["base"] = _bound(model, guide, args, kwargs, vectorize)
             if result.warm_start_bounds["laplace"] > result.warm_start_bounds["base"]:
                 guide.load_state_dict(laplace)
                 result.warm_start = "laplace"
@@ -330,7 +332,7 @@ def fit(
     if not tensors:
         raise ValueError("fit found no parameters in the guide (or the model) to train")
     if warm_start:
-        _warm_start(model, guide, args, kwargs, warm_start_steps, num_particles, result)
+        _warm_start(model, guide, args, kwargs, warm_start_steps, num_particles, result, vectorize_particles)
     if estimator == "auto":
         estimator = "elbo" if result.warm_start == "laplace" else "dreg"
     result.estimator = estimator if isinstance(estimator, str) else type(estimator).__name__

@@ -167,3 +167,22 @@ def test_consecutive_nan_gradients_raise_naming_the_parameter_and_layer():
 def test_max_skips_is_checked():
     with pytest.raises(ValueError, match="max_skips"):
         fit(model, AutoFlowGuide(model), Y, max_skips=0, progress=False)
+
+
+def test_a_model_that_cannot_vectorize_particles_fits_with_vectorize_particles_false():
+    """Pyro's examples/eight_schools model: no plate around eta, and (1,)-shaped mu and tau."""
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def schools():
+        eta = pyro.sample("eta", dist.Normal(torch.zeros(8), torch.ones(8)))
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(1), 10 * torch.ones(1)))
+        tau = pyro.sample("tau", dist.HalfCauchy(scale=25 * torch.ones(1)))
+        pyro.sample("obs", dist.Normal(mu + tau * eta, sigma), obs=y)
+
+    with pyro.validation_enabled(False):
+        guide = AutoFlowGuide(schools, num_flows=1)
+        result = fit(schools, guide, num_steps=20, lrs=(1e-2,), num_particles=2, warm_start_steps=10,
+                     vectorize_particles=False, progress=False)
+    assert guide.precondition is True and set(result.warm_start_bounds) == {"laplace", "base"}
+    assert len(result.losses) == 20 and all(math.isfinite(v) for v in result.losses)

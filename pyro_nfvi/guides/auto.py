@@ -268,7 +268,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             yield self.prototype_trace.nodes[spec.name], value
 
     # -- warm start -----------------------------------------------------------------------------------
-    def fit_base(self, *args, num_steps=500, lr=0.05, num_particles=8, **kwargs):
+    def fit_base(self, *args, num_steps=500, lr=0.05, num_particles=8, vectorize_particles=True, **kwargs):
         """Fit the Gaussian base (``loc``, ``scale``) with the flow held at its initialisation; return the losses.
 
         A warm start (Agrawal, Sheldon & Domke 2020): the flow then starts training from a Gaussian
@@ -283,6 +283,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             num_steps (int): Adam steps.
             lr (float): Adam's learning rate.
             num_particles (int): particles of each ELBO estimate.
+            vectorize_particles (bool): draw them in one vectorized trace (``False`` for a model
+                that cannot broadcast over a particle dimension).
 
         Example:
             >>> import pyro, pyro.distributions as dist
@@ -300,7 +302,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         lr = check_positive("lr", lr)
         num_particles = check_int("num_particles", num_particles)
         self._ensure_setup(args, kwargs)
-        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+        elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=bool(vectorize_particles))
         base = self._base_parameters()
         optim = torch.optim.Adam(base, lr=lr)
         losses = []
