@@ -109,9 +109,7 @@ def orthonormalize(w, max_iter=100):
             "(rank-deficient input); using their QR factor instead",
             RuntimeWarning,
         )
-        qr_q, qr_r = torch.linalg.qr(q)
-        sign = torch.where(torch.diagonal(qr_r, dim1=-2, dim2=-1) >= 0, 1.0, -1.0)
-        q = torch.where(bad[..., None, None], qr_q * sign.unsqueeze(-2), q)
+        q = torch.where(bad[..., None, None], qr_orthonormal(q), q)
     return q
 
 
