@@ -3,7 +3,7 @@
 The run of the posteriors issue: ``SVI`` with ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and
 ``Trace_ELBO(num_particles=4, vectorize_particles=True)``, ``--steps`` steps, for every flow family
 of :class:`~pyro_nfvi.AutoFlowGuide` (default settings, ``num_flows=4``; ``--affine`` adds the IAF
-and coupling rows in their affine, non-gated form) and Pyro's ``AutoNormal`` and
+and coupling rows with unscaled networks, ``output_scale="none"``) and Pyro's ``AutoNormal`` and
 ``AutoIAFNormal``, on each model of :data:`pyro_nfvi.targets.bayes.MODELS` named in ``--models``.
 A run *diverges* when a loss is non-finite, or when the rolling median of its losses (window
 ``WINDOW`` = 50 steps) rises more than ``--threshold`` nats plus ``RELATIVE`` = 5% of its size above
@@ -54,7 +54,7 @@ def make_guide(name, model):
     if name == "AutoIAFNormal":
         return AutoIAFNormal(model, num_transforms=2)
     family, _, form = name.partition(" ")
-    opts = {"stable": False} if form == "(affine)" else {}
+    opts = {"output_scale": "none"} if form == "(affine)" else {}
     return AutoFlowGuide(model, flow=family, num_flows=4, **opts)
 
 
@@ -136,7 +136,7 @@ def _report(args, guides, rows, command):
     intro = (f"Diverged runs out of the seeds run so far (a loss non-finite, or the rolling median of {WINDOW} losses "
              f"more than {args.threshold:g} nats + {RELATIVE:.0%} above its lowest earlier value), and the median over "
              f"seeds of the mean loss of the last 200 steps. AutoFlowGuide families with 4 layers and their "
-             f"defaults (IAF and coupling gated); {args.steps} steps, 4 particles.")
+             f"defaults (IAF and coupling affine with scaled networks, output_scale='fan_in'); {args.steps} steps, 4 particles.")
     models = [m for m in args.models if any(r["model"] == m for r in rows)]
     table = ["| model | guide | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |",
              "|---|---|" + "---|" * len(args.lrs)]
@@ -164,7 +164,7 @@ def parse_args(argv=None):
     parser.add_argument("--threshold", type=float, default=100.0,
                         help="a second-half loss this many nats above that half's median is a divergence")
     parser.add_argument("--name", default="stability_models", help="stem of the output files")
-    parser.add_argument("--affine", action="store_true", help="add the affine (non-gated) IAF and coupling rows")
+    parser.add_argument("--affine", action="store_true", help="add the IAF and coupling rows with unscaled networks (output_scale='none')")
     parser.add_argument("--guides", nargs="+", help="only these rows (e.g. planar 'iaf (affine)' AutoNormal)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return parser.parse_args(argv)

@@ -6,7 +6,7 @@ in ``(log tau, theta)``, hard for every Gaussian guide):
 
 1. :func:`fit_autonormal` -- Pyro's ``AutoNormal`` with plain ``SVI`` (``ClippedAdam``,
    ``Trace_ELBO``);
-2. :func:`fit_flow` -- ``AutoFlowGuide(model)`` (its defaults: 4 gated IAF layers on a diagonal
+2. :func:`fit_flow` -- ``AutoFlowGuide(model)`` (its defaults: 4 IAF layers with scaled networks on a diagonal
    Gaussian) with the recommended recipe :func:`pyro_nfvi.fit` (warm start, learning-rate probes,
    ``ClippedAdam`` with decay, the importance-weighted bound with DReG gradients), also ``SVI``
    underneath;

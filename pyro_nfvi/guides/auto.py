@@ -19,14 +19,14 @@ from .minibatch import MinibatchCheck
 from .path import path_posterior
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
-__all__ = ["AutoFlowGuide", "BASES", "STABLE_BY_DEFAULT"]
+__all__ = ["AutoFlowGuide", "BASES", "SCALED_OUTPUT_BY_DEFAULT"]
 
 #: The affine bases :class:`~pyro_nfvi.guides.AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
 BASES = ("diagonal", "full")
 
-#: Families whose layers :class:`~pyro_nfvi.guides.AutoFlowGuide` builds in their gated (contracting) form unless
-#: ``stable=False`` is passed: see "Stability" in the class docstring.
-STABLE_BY_DEFAULT = ("iaf", "coupling")
+#: Families whose conditioner networks :class:`~pyro_nfvi.guides.AutoFlowGuide` builds with
+#: ``output_scale="fan_in"`` unless another ``output_scale`` is passed: see "Stability" in the class docstring.
+SCALED_OUTPUT_BY_DEFAULT = ("iaf", "coupling")
 
 
 class AutoFlowGuide(FlowGuide, AutoContinuous):
@@ -60,18 +60,23 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     ``pyro_nfvi.guides.state``): ``state_dict``, ``torch.save(guide)`` and Pyro's param store
     all round-trip exactly, and a state saved from another configuration is refused.
 
-    **Stability.**  IAF and affine coupling layers are built in their gated form by default
-    (``stable=True``: Kingma et al.'s gated IAF, Glow's ``sigmoid(s + 2)`` coupling scale), where
-    each layer can only contract and the Gaussian's scale carries every expansion.  In the affine
-    form a layer's log-scale is the output of a network whose ``O(D)`` weights Adam each moves by
-    about ``lr`` per step, so it moves far faster than the Gaussian's own scale; when the posterior
-    is wider than ``init_scale`` the flow takes over the expansion (log-scales up to the clip in
-    every layer), ``q`` grows heavy tails and the loss spikes to 1e3-1e7 (eight schools, ``lr``
-    5e-3 to 1e-2).  Pass ``stable=False`` for the affine form.
+    **Stability.**  IAF and affine coupling layers are built in their affine form with the
+    conditioner's output scaled by ``1 / fan_in`` (``output_scale="fan_in"``, see
+    :mod:`pyro_nfvi.transforms.output_scale`).  A layer's shift and log-scale are sums over the
+    ``fan_in`` weights of the network's last layer, each of which Adam moves by about ``lr`` per
+    step, so unscaled they move about ``fan_in`` times faster than the Gaussian's own location and
+    scale: when the posterior is wider than ``init_scale`` the flow takes over the expansion
+    (log-scales up to the clip in every layer), ``q`` grows heavy tails and the loss spikes to
+    1e3-1e7 (eight schools, ``lr`` 5e-3 to 1e-2; Pyro's ``AutoIAFNormal`` has the same
+    unscaled network).  Scaled, the flow moves at the Gaussian's pace and keeps its expansions.
+    The gated form (``stable=True``: Kingma et al.'s gated IAF, Glow's ``sigmoid(s + 2)`` coupling
+    scale), this guide's default before, is also stable but can only contract: it stayed far from
+    the funnel of the centered eight schools and at the Gaussian's KL on the multimodal U1.
+    ``output_scale="none"`` gives the unscaled network.
 
-    **Defaults.**  ``flow="iaf", num_flows=4`` in the gated form: on the posterior benchmark
+    **Defaults.**  ``flow="iaf", num_flows=4`` with scaled networks: on the posterior benchmark
     (``benchmarks/bayes.py``) no family beat another by much under plain ``SVI`` with the ELBO,
-    IAF did best on the hierarchical logistic regression, and 4 gated IAF layers trained with
+    IAF did best on the hierarchical logistic regression, and 4 IAF layers trained with
     :func:`pyro_nfvi.recipe.fit` gave the best moment accuracy against NUTS; ``init_scale=0.1`` as
     Pyro's ``AutoNormal`` (the recipe's warm start fits the scale).  ``precondition="auto"``: where
     the Laplace Gaussian beats the fitted base (a collinear regression, AR(5), a simplex/LKJ
@@ -149,8 +154,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         self.precondition = None if precondition == "auto" else precondition
         self.preconditioner = None
         self._flow_opts = dict(flow_opts)
-        if self._flow_family in STABLE_BY_DEFAULT and self._flow_opts.get("form", "affine") == "affine":
-            self._flow_opts.setdefault("stable", True)
+        if self._flow_family in SCALED_OUTPUT_BY_DEFAULT:
+            self._flow_opts.setdefault("output_scale", "fan_in")
         super().__init__(model, init_loc_fn=init_loc_fn)
         self.create_plates = create_plates
         self.latent_dim = None
@@ -177,7 +182,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         loc = init.clone()
         if len(stack):
             # layers that are not the identity at initialisation (Householder reflections, IAF
-            # permutations, the gated IAF's scale) map N(loc, scale^2) to a Gaussian centred at
+            # permutations, a gated IAF's scale) map N(loc, scale^2) to a Gaussian centred at
             # f(loc): start at f^-1(init).  Every layer is an explicit linear map at this point, and
             # the IAF inverse stops at its fixed point, so this costs a few passes, not D.
             with torch.no_grad():

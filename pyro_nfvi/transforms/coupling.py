@@ -12,6 +12,7 @@ from torch import nn
 from ..validation import check_choice, check_int, check_positive
 from .base import NetworkFlowModule, broadcast_context, to_network_dtype
 from .hidden_sizes import hidden_sizes
+from .output_scale import output_scale as resolve_output_scale
 
 __all__ = ["AffineCoupling"]
 
@@ -53,6 +54,10 @@ class AffineCoupling(NetworkFlowModule):
             only contract (it starts at ``sigmoid(sigmoid_bias) ~ 0.88``, not the identity), so
             expansions are left to the base distribution.
         sigmoid_bias (float): the bias of the gated scale.
+        output_scale (float or str): factor on the network's output ``(t, s_raw)``: ``"none"`` (1, the
+            default), ``"fan_in"`` (``1 / hidden[-1]``, so that Adam moves ``t`` and ``s`` by about
+            ``lr`` per step; see :mod:`pyro_nfvi.transforms.output_scale`) or a positive float.
+            The owned parameters of a ``dim=1`` layer without context are not scaled.
         cache_size (int): 0 or 1.
 
     Example:
@@ -76,6 +81,7 @@ class AffineCoupling(NetworkFlowModule):
         log_scale_clip=5.0,
         stable=False,
         sigmoid_bias=2.0,
+        output_scale="none",
         cache_size=1,
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
@@ -89,6 +95,7 @@ class AffineCoupling(NetworkFlowModule):
         self.stable = bool(stable)
         self.sigmoid_bias = float(sigmoid_bias)
         self.hidden = hidden_sizes(hidden, (64, 64), 1)
+        self.output_scale = resolve_output_scale(output_scale, self.hidden[-1])
         num_id = self.dim // 2
         if parity == 0 or self.dim == 1:
             cond, trans = torch.arange(num_id), torch.arange(num_id, self.dim)
@@ -126,6 +133,8 @@ class AffineCoupling(NetworkFlowModule):
             if context is not None:
                 inp = torch.cat([inp, to_network_dtype(context, self.net)], dim=-1)
             out = self.net(inp)
+            if self.output_scale != 1.0:
+                out = self.output_scale * out
             num_t = x_t.shape[-1]
             t, raw = out[..., :num_t], (out[..., num_t:] if self.form == "affine" else None)
         if raw is None:
@@ -162,4 +171,4 @@ class AffineCoupling(NetworkFlowModule):
         return torch.cat([y_i, x_t], dim=-1)[..., self.inv_order], ladj
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, parity={self.parity}, form={self.form!r}, hidden={self.hidden}, stable={self.stable}"
+        return f"{super().extra_repr()}, parity={self.parity}, form={self.form!r}, hidden={self.hidden}, stable={self.stable}, output_scale={self.output_scale:.4g}"

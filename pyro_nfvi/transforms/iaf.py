@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from .base import NetworkFlowModule, broadcast_context, to_network_dtype
 from .hidden_sizes import hidden_sizes
+from .output_scale import output_scale as resolve_output_scale
 
 __all__ = ["IAF"]
 
@@ -65,6 +66,10 @@ class IAF(NetworkFlowModule):
         sigmoid_bias (float): bias added to ``s`` in the gated form.
         log_scale_min_clip (float): lower clip of ``log sigma`` in the affine form.
         log_scale_max_clip (float): upper clip of ``log sigma`` in the affine form.
+        output_scale (float or str): factor on the network's outputs ``m`` and ``s``: ``"none"``
+            (1, the default), ``"fan_in"`` (``1 / hidden[-1]``: Adam then moves ``m`` and ``s`` by
+            about ``lr`` per step, not ``lr * hidden[-1]``; see :mod:`pyro_nfvi.transforms.output_scale`)
+            or a positive float.
         cache_size (int): 0 or 1.
 
     Example:
@@ -87,6 +92,7 @@ class IAF(NetworkFlowModule):
         sigmoid_bias=2.0,
         log_scale_min_clip=-5.0,
         log_scale_max_clip=3.0,
+        output_scale="none",
         cache_size=1,
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
@@ -100,6 +106,7 @@ class IAF(NetworkFlowModule):
         self.log_scale_min_clip = float(log_scale_min_clip)
         self.log_scale_max_clip = float(log_scale_max_clip)
         self.hidden = hidden
+        self.output_scale = resolve_output_scale(output_scale, hidden[-1])
         with warnings.catch_warnings():
             # dim=1 is supported on purpose (an elementwise affine map); see the class docstring
             warnings.filterwarnings("ignore", message="ConditionalAutoRegressiveNN input_dim = 1")
@@ -133,6 +140,8 @@ class IAF(NetworkFlowModule):
     def _affine(self, x, context):
         """Return ``(shift, log sigma)`` with ``y = exp(log sigma) * x + shift``."""
         m, s = self._net(x, context)
+        if self.output_scale != 1.0:
+            m, s = self.output_scale * m, self.output_scale * s
         if self.stable:
             a = s + self.sigmoid_bias
             log_sigma = -F.softplus(-a)
@@ -163,4 +172,4 @@ class IAF(NetworkFlowModule):
         return x, log_sigma.sum(-1)
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, hidden={self.hidden}, stable={self.stable}"
+        return f"{super().extra_repr()}, hidden={self.hidden}, stable={self.stable}, output_scale={self.output_scale:.4g}"

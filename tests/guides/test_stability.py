@@ -3,6 +3,9 @@
 The eight-schools run of the issue: ``ClippedAdam(lr, clip_norm=10)``, ``Trace_ELBO(num_particles=4,
 vectorize_particles=True)``.  Before the fix the affine IAF (K=4) reached losses of 1e3-1e7 within
 the first ~700 steps at lr 1e-2 (and ~1000 at 5e-3), and affine coupling within ~900 at lr 5e-3.
+The cause: Adam moves each of the ``fan_in`` weights of the conditioner's last layer by about
+``lr`` per step, so the shift and log-scale move by about ``lr * fan_in``; the fix scales the
+network's output by ``1 / fan_in`` (``output_scale="fan_in"``, the guide's default for both).
 """
 import math
 
@@ -14,6 +17,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyro_nfvi import AutoFlowGuide
 from pyro_nfvi.targets.bayes import eight_schools
+from pyro_nfvi.transforms import IAF, AffineCoupling
 
 
 def _fit(guide, model, args, lr, steps):
@@ -52,3 +56,38 @@ def test_fit_base_warm_starts_the_gaussian_and_leaves_the_flow(family):
     _fit(reference, model, args, lr=0.05, steps=300)
     pyro.set_rng_seed(1)
     assert warm < elbo.loss(model, reference, *args) + 1.0, (warm, losses[-5:])
+
+
+@pytest.mark.parametrize("make", [lambda scale: IAF(5, output_scale=scale),
+                                  lambda scale: AffineCoupling(5, hidden=(24,), output_scale=scale)],
+                         ids=["iaf", "coupling"])
+def test_one_adam_step_moves_the_unscaled_output_fan_in_times_further(make):
+    """The mechanism: Adam's first step moves every weight by exactly ``lr``, so the output moves by
+    ``lr * sum_j |h_j|`` unscaled and ``1 / fan_in`` of that scaled."""
+    x = torch.randn(64, 5)
+    moves = {}
+    for scale in ("none", "fan_in"):
+        torch.manual_seed(0)
+        layer = make(scale)
+        fan_in = layer.hidden[-1]
+        before = layer(x).detach()
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-3)
+        loss = (layer(x) ** 2).sum() - layer.log_abs_det_jacobian(x, layer(x)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        layer.clear_cache()
+        moves[scale] = (layer(x).detach() - before).abs().max().item()
+    assert moves["none"] / moves["fan_in"] == pytest.approx(fan_in, rel=0.05), (moves, fan_in)
+    assert moves["fan_in"] < 0.05  # about lr times the hidden activations, not lr * fan_in
+
+
+@pytest.mark.parametrize("family", ["iaf", "coupling"])
+def test_the_guide_builds_affine_layers_with_scaled_networks_by_default(family):
+    model, args = eight_schools()
+    layers = [m for m in AutoFlowGuide(model, flow=family, num_flows=2, model_args=args).flow_stack
+              if hasattr(m, "output_scale")]
+    assert len(layers) == 2
+    assert all(not m.stable and m.output_scale == pytest.approx(1.0 / m.hidden[-1]) for m in layers)
+    unscaled = AutoFlowGuide(model, flow=family, num_flows=2, model_args=args, output_scale="none", name="other")
+    assert all(m.output_scale == 1.0 for m in unscaled.flow_stack if hasattr(m, "output_scale"))
