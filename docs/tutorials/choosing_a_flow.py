@@ -8,7 +8,7 @@ can do, what it costs, and how it behaves as the flow gets longer.
 | `planar` | {math}`z + u\\,\\tanh(w^\\top z + b)` | {math}`O(D)` | cheap, but each layer passes through a one-unit bottleneck {math}`w^\\top z`: it bends along one direction, so high-dimensional dependence needs many layers |
 | `radial` | contraction/expansion around a point | {math}`O(D)` | the other flow of Rezende & Mohamed; same limits |
 | `householder` | a reflection {math}`(I - 2vv^\\top/\\|v\\|^2)z` | {math}`O(D)` | volume preserving (log-det 0): it only rotates, so it adds correlations to a diagonal Gaussian and nothing else |
-| `iaf` | {math}`\\mu(z) + \\sigma(z) \\odot z`, autoregressive (MADE) | {math}`O(D H)` | the only family that beat the Gaussian VAE in Henrion & Welleck's study; gated and contracting by default |
+| `iaf` | {math}`\\mu(z) + \\sigma(z) \\odot z`, autoregressive (MADE) | {math}`O(D H)` | the only family that beat the Gaussian VAE in Henrion & Welleck's study; affine, with its network output scaled by 1/fan-in in `AutoFlowGuide` |
 | `sylvester` | {math}`z + QR\\tanh(\\tilde R Q^\\top z + b)` | {math}`O(D M)` | a planar flow with {math}`M` hidden units: removes the bottleneck |
 | `coupling` | {math}`z_T \\odot e^{s(z_I)} + t(z_I)` (Real NVP) | {math}`O(D H)` | the recipe of the black-box VI benchmarks; exact inverse |
 
@@ -113,7 +113,7 @@ fig.tight_layout()
 # ## Which flow should I use?
 #
 # * **A Pyro model with global latents** ({class}`~pyro_nfvi.guides.AutoFlowGuide`): the default,
-#   4 gated IAF layers, trained with {func}`pyro_nfvi.fit <pyro_nfvi.recipe.fit>`; `base="full"` when the posterior is
+#   4 IAF layers with scaled networks, trained with {func}`pyro_nfvi.fit <pyro_nfvi.recipe.fit>`; `base="full"` when the posterior is
 #   strongly correlated; `coupling` when you need the exact inverse.
 # * **A VAE** ({class}`~pyro_nfvi.guides.AmortizedFlowGuide`): IAF; Householder as a cheap way
 #   to add correlations; Sylvester when planar is too narrow.

@@ -31,7 +31,7 @@ print("reference:", reference.info["source"], "draws:", {k: tuple(v.shape) for k
 # %%
 # ## Two fits
 #
-# A Gaussian (`flow="none"`, the same code path without a flow) and four gated IAF layers, both
+# A Gaussian (`flow="none"`, the same code path without a flow) and four IAF layers (the default), both
 # trained by {func}`pyro_nfvi.fit <pyro_nfvi.recipe.fit>`, the package's recipe (warm start of the Gaussian base,
 # learning-rate probes, clipped Adam, a lower-variance gradient estimator).
 
