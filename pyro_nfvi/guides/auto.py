@@ -62,7 +62,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
 
     **Stability.**  IAF and affine coupling layers are built in their affine form with the
     conditioner's output scaled by ``1 / fan_in`` (``output_scale="fan_in"``, see
-    :mod:`pyro_nfvi.transforms.output_scale`).  A layer's shift and log-scale are sums over the
+    ``pyro_nfvi.transforms.output_scale``).  A layer's shift and log-scale are sums over the
     ``fan_in`` weights of the network's last layer, each of which Adam moves by about ``lr`` per
     step, so unscaled they move about ``fan_in`` times faster than the Gaussian's own location and
     scale: when the posterior is wider than ``init_scale`` the flow takes over the expansion

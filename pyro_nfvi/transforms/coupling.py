@@ -56,7 +56,7 @@ class AffineCoupling(NetworkFlowModule):
         sigmoid_bias (float): the bias of the gated scale.
         output_scale (float or str): factor on the network's output ``(t, s_raw)``: ``"none"`` (1, the
             default), ``"fan_in"`` (``1 / hidden[-1]``, so that Adam moves ``t`` and ``s`` by about
-            ``lr`` per step; see :mod:`pyro_nfvi.transforms.output_scale`) or a positive float.
+            ``lr`` per step; see ``pyro_nfvi.transforms.output_scale``) or a positive float.
             The owned parameters of a ``dim=1`` layer without context are not scaled.
         cache_size (int): 0 or 1.
 

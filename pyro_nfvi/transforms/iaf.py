@@ -68,7 +68,7 @@ class IAF(NetworkFlowModule):
         log_scale_max_clip (float): upper clip of ``log sigma`` in the affine form.
         output_scale (float or str): factor on the network's outputs ``m`` and ``s``: ``"none"``
             (1, the default), ``"fan_in"`` (``1 / hidden[-1]``: Adam then moves ``m`` and ``s`` by
-            about ``lr`` per step, not ``lr * hidden[-1]``; see :mod:`pyro_nfvi.transforms.output_scale`)
+            about ``lr`` per step, not ``lr * hidden[-1]``; see ``pyro_nfvi.transforms.output_scale``)
             or a positive float.
         cache_size (int): 0 or 1.
 
