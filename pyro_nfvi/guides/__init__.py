@@ -8,20 +8,24 @@
 * ``pyro_nfvi.guides.base`` -- what the two guides share;
 * ``pyro_nfvi.guides.fast`` -- the fast training path, behind one seam;
 * ``pyro_nfvi.guides.checkpoint`` -- atomic checkpoints that resume a run bit for bit;
-* ``pyro_nfvi.guides.laplace`` -- the Laplace approximation and the whitening of ``precondition=True``.
+* ``pyro_nfvi.guides.laplace`` -- the Laplace approximation and the whitening of ``precondition=True``;
+* ``pyro_nfvi.guides.decentering`` -- the learned non-centering of hierarchical sites (``decenter=True``).
 """
 from .amortized import AmortizedFlowGuide
 from .auto import AutoFlowGuide
 from .checkpoint import load_checkpoint, save_checkpoint
+from .decentering import DecenteringTransform, decenterable_sites
 from .fast import FastSVI, fit_fast
 from .laplace import PRECONDITION_MAX_DIM, Preconditioner, laplace_approximation
 
 __all__ = [
     "AmortizedFlowGuide",
     "AutoFlowGuide",
+    "DecenteringTransform",
     "FastSVI",
     "PRECONDITION_MAX_DIM",
     "Preconditioner",
+    "decenterable_sites",
     "fit_fast",
     "laplace_approximation",
     "load_checkpoint",

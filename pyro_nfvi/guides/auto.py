@@ -14,12 +14,13 @@ from ..nn.encoders import inverse_softplus
 from ..transforms.stack import flow as build_flow
 from ..validation import check_choice, check_int, check_positive
 from .base import FlowGuide, check_flow_family, jsonable
+from .decentering import DecenteringTransform, decenterable_sites
 from .laplace import PRECONDITION_MAX_DIM, Preconditioner, laplace_approximation
 from .minibatch import MinibatchCheck
 from .path import path_posterior
 from .sites import SitePacker, SiteSpec, latent_sites, prototype_hide_fn
 
-__all__ = ["AutoFlowGuide", "BASES", "SCALED_OUTPUT_BY_DEFAULT"]
+__all__ = ["AutoFlowGuide", "BASES", "INITIAL_CENTEREDNESS", "SCALED_OUTPUT_BY_DEFAULT"]
 
 #: The affine bases :class:`~pyro_nfvi.guides.AutoFlowGuide` offers: a diagonal scale, or a full lower-triangular one.
 BASES = ("diagonal", "full")
@@ -27,6 +28,9 @@ BASES = ("diagonal", "full")
 #: Families whose conditioner networks :class:`~pyro_nfvi.guides.AutoFlowGuide` builds with
 #: ``output_scale="fan_in"`` unless another ``output_scale`` is passed: see "Stability" in the class docstring.
 SCALED_OUTPUT_BY_DEFAULT = ("iaf", "coupling")
+
+#: The centeredness :math:`\lambda` every decentered coordinate starts at (see ``decenter``).
+INITIAL_CENTEREDNESS = 0.5
 
 
 class AutoFlowGuide(FlowGuide, AutoContinuous):
@@ -84,6 +88,21 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     mean error 0.08 sd against 1.94); where it loses (hierarchical models, funnels) :func:`~pyro_nfvi.recipe.fit`
     leaves the map at the identity and nothing changes.
 
+    **Decentering.**  A hierarchical site written centered, ``theta ~ Normal(mu, tau)`` with ``mu``
+    and ``tau`` other latent sites, has a funnel-shaped posterior when the data are weak, which
+    no flow of a few layers follows.  With ``decenter=True`` (the default) every such site (a
+    ``Normal`` or ``LogNormal`` prior whose location or scale depends on other latent sites, see
+    :func:`~pyro_nfvi.guides.decenterable_sites`) is drawn as
+    :math:`\theta = \mu + \tau^{1-\lambda}(\tilde\theta - \lambda\mu)` from a flow over
+    :math:`\tilde\theta`, with a learned centeredness :math:`\lambda \in (0, 1)` per coordinate
+    (attribute ``centeredness_raw``, :math:`\lambda` = its sigmoid, starting at
+    :data:`INITIAL_CENTEREDNESS`; :meth:`fit_base` trains it with the Gaussian), as Gorinova et al.'s
+    VIP does to the model: the guide non-centers where that helps and stays centered where the
+    data are strong.  The model is left as written; each draw runs it up to its last such site
+    (see ``pyro_nfvi.guides.decentering``).  On the centered eight schools the recipe's ELBO went
+    from -34 to -31.4 (the non-centered model's) and PSIS k-hat from 0.8-1.0 to 0.4-0.5; on
+    Neal's funnel q became the posterior (ELBO 0.00 = log Z).
+
     A latent site inside a subsampled plate raises a ``ValueError`` pointing to
     :class:`~pyro_nfvi.guides.AmortizedFlowGuide`; a discrete latent site must be enumerated
     (``infer={"enumerate": "parallel"}``, then it is skipped, as Pyro's autoguides expect) or blocked.
@@ -106,6 +125,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             :math:`O(D^2)` memory and time per draw.  ``"auto"`` (the default): ``True`` when the
             model has at most :data:`~pyro_nfvi.guides.PRECONDITION_MAX_DIM` (200) latent dimensions (the attribute
             ``precondition`` holds the choice once the guide is set up).
+        decenter (bool): learn the non-centering of hierarchical ``Normal``/``LogNormal`` sites
+            (see "Decentering" above); the attribute ``decentered`` lists the sites.
         model_args (tuple): the model's positional arguments, to set up at construction.
         model_kwargs (dict): the model's keyword arguments, to set up at construction.
         num_mc_samples (int): draws used by ``median``/``quantiles`` when there is a flow.
@@ -137,6 +158,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         init_scale=0.1,
         base="diagonal",
         precondition="auto",
+        decenter=True,
         model_args=None,
         model_kwargs=None,
         num_mc_samples=1000,
@@ -151,6 +173,10 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         if not (isinstance(precondition, bool) or (isinstance(precondition, str) and precondition == "auto")):
             raise ValueError(f"precondition must be True, False or 'auto', got {precondition!r}")
         self._precondition_option = precondition
+        if not isinstance(decenter, bool):
+            raise TypeError(f"decenter must be True or False, got {decenter!r}")
+        self._decenter = decenter
+        self.decentered = []
         self.precondition = None if precondition == "auto" else precondition
         self.preconditioner = None
         self._flow_opts = dict(flow_opts)
@@ -176,6 +202,14 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         init = self._init_loc().detach()
         if not init.dtype.is_floating_point:
             init = init.to(torch.get_default_dtype())
+        self.__dict__["_model_call"] = (args, kwargs)
+        self.decentered = decenterable_sites(self.model, self._packer, args, kwargs, init) if self._decenter else []
+        if self.decentered:
+            size = sum(s.size for s in self._packer.specs if s.name in self.decentered)
+            logit = torch.logit(torch.tensor(INITIAL_CENTEREDNESS, dtype=init.dtype)).item()
+            self.centeredness_raw = nn.Parameter(init.new_full((size,), logit))
+            with torch.no_grad():  # the flow's coordinates of the initial point
+                init = self._decentering(args, kwargs).inv(init)
         stack = build_flow(self._flow_family, self.latent_dim, self._num_flows, **self._flow_opts)
         # one tensor for the tensor-parameter layers: one param message and one optimizer for the flow
         self.flow_stack = stack.pack_parameters().to(dtype=init.dtype, device=init.device)
@@ -208,6 +242,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             "num_flows": self._num_flows,
             "base": self._base,
             **({"precondition": True} if self.precondition else {}),
+            **({"decenter": list(self.decentered)} if self.decentered else {}),
             "flow_opts": jsonable(self._flow_opts),
             "sites": [[s.name, list(s.shape)] for s in self._packer.specs],
         }
@@ -225,7 +260,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def _base_parameters(self):
         """The parameters of the affine base: ``loc``, ``scale_raw`` (and ``scale_tril_raw``)."""
         names = ("loc", "scale_raw", "scale_tril_raw") if self._base == "full" else ("loc", "scale_raw")
-        return [getattr(self, n) for n in names]
+        return [getattr(self, n) for n in names + (("centeredness_raw",) if self.decentered else ())]
 
     def _affine(self):
         # each attribute read of a PyroModule emits one param message per parameter: read once
@@ -235,24 +270,40 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             return LowerCholeskyAffine(self.loc, tril, cache_size=1)
         return AffineTransform(self.loc, scale, event_dim=1, cache_size=1)
 
-    def _transforms(self):
+    def _decentering(self, args, kwargs, detach=False):
+        """The :class:`~pyro_nfvi.guides.decentering.DecenteringTransform` of the model's call ``args, kwargs``."""
+        if not args and not kwargs:  # e.g. median(): the arguments of the latest call
+            args, kwargs = self.__dict__.get("_model_call", ((), {}))
+        centeredness = torch.sigmoid(self.centeredness_raw)
+        frames = [f.dim for s in self._packer.specs for f in s.frames if f.vectorized]
+        return DecenteringTransform(self.model, args, kwargs, self._packer, self.decentered,
+                                    centeredness.detach() if detach else centeredness, -min(frames, default=0))
+
+    def _transforms(self, args=(), kwargs=None):
         stack = self.flow_stack
         parts = [self._affine()] + ([stack] if len(stack) else [])
-        return parts + [self.preconditioner.transform()] if self.preconditioner is not None else parts
+        if self.preconditioner is not None:
+            parts.append(self.preconditioner.transform())
+        return parts + [self._decentering(args, kwargs or {})] if self.decentered else parts
 
     def get_transform(self, *args, **kwargs):
         """The map from the base to the packed latent: ``loc + scale * eps``, then the flow."""
         self._ensure_setup(args, kwargs)
-        return ComposeTransform(self._transforms())
+        return ComposeTransform(self._transforms(args, kwargs))
 
     def get_posterior(self, *args, **kwargs):
-        """``TransformedDistribution(Normal(0, 1)^D, [affine(loc, scale), flow stack])``."""
+        """``TransformedDistribution(Normal(0, 1)^D, [affine(loc, scale), flow stack, ...])``.
+
+        With decentered sites the last map depends on the model's arguments: pass them (without
+        them, those of the guide's latest call are used).
+        """
         self._ensure_setup(args, kwargs)
-        return dist.TransformedDistribution(self.get_base_dist(), self._transforms())
+        return dist.TransformedDistribution(self.get_base_dist(), self._transforms(args, kwargs))
 
     def forward(self, *args, **kwargs):
         """Sample every latent site (constrained) given the model's ``*args, **kwargs``."""
         self._ensure_setup(args, kwargs)
+        self.__dict__["_model_call"] = (args, kwargs)
         check = self.__dict__.get("_minibatch_check")  # warns if minibatches come without a subsampled plate
         if check is None:
             self.__dict__["_minibatch_check"] = MinibatchCheck(self.model, args, kwargs, type(self).__name__)
@@ -391,8 +442,21 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         dtype = self.loc.dtype
         with torch.no_grad():
             start = self._init_loc().to(dtype)
+
+        def log_density(u):
+            return self.log_joint(u, *args, **kwargs)
+
+        if self.decentered:  # the Laplace approximation in the coordinates the flow works in
+            decentering = self._decentering(args, kwargs, detach=True)
+            with torch.no_grad():
+                start = decentering.inv(start)
+
+            def log_density(v):  # noqa: F811 -- the density of the decentered coordinates
+                u, log_det = decentering.call_and_log_det(v)
+                return self.log_joint(u, *args, **kwargs) + log_det
+
         try:
-            mode, covariance = laplace_approximation(lambda u: self.log_joint(u, *args, **kwargs), start, num_steps)
+            mode, covariance = laplace_approximation(log_density, start, num_steps)
         except ValueError as err:
             raise ValueError(f"{type(self).__name__}.fit_laplace: {err}; use fit_base instead") from err
         with torch.no_grad():
@@ -440,10 +504,10 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def _latent_quantiles(self, quantiles, args, kwargs):
         self._ensure_setup(args, kwargs)
         q = self._check_quantiles(quantiles, self.loc)
-        if not len(self.flow_stack):
+        if not len(self.flow_stack) and not self.decentered:
             loc, scale = self._loc_scale()
             return dist.Normal(loc, scale).icdf(q.unsqueeze(-1))
-        draws = self._cached_draws(None, lambda: self.get_posterior().sample((self.num_mc_samples,)))
+        draws = self._cached_draws(None, lambda: self.get_posterior(*args, **kwargs).sample((self.num_mc_samples,)))
         return torch.quantile(draws, q, dim=0)
 
     def median(self, *args, **kwargs):
