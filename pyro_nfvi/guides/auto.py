@@ -96,7 +96,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     :math:`\theta = \mu + \tau^{1-\lambda}(\tilde\theta - \lambda\mu)` from a flow over
     :math:`\tilde\theta`, with a learned centeredness :math:`\lambda \in (0, 1)` per coordinate
     (attribute ``centeredness_raw``, :math:`\lambda` = its sigmoid, starting at
-    :data:`INITIAL_CENTEREDNESS`; :meth:`fit_base` trains it with the Gaussian), as Gorinova et al.'s
+    ``INITIAL_CENTEREDNESS`` = 0.5; :meth:`fit_base` trains it with the Gaussian), as Gorinova et al.'s
     VIP does to the model: the guide non-centers where that helps and stays centered where the
     data are strong.  The model is left as written; each draw runs it up to its last such site
     (see ``pyro_nfvi.guides.decentering``).  On the centered eight schools the recipe's ELBO went

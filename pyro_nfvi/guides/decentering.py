@@ -98,7 +98,7 @@ def decenterable_sites(model, packer, args=(), kwargs=None, values=None):
 
     Args:
         model (callable): the Pyro model.
-        packer (pyro_nfvi.guides.sites.SitePacker): the guide's packing of the latent sites.
+        packer (object): the guide's packing of the latent sites (a ``SitePacker`` of ``pyro_nfvi.guides.sites``).
         args, kwargs: the model's arguments.
         values (torch.Tensor): a packed unconstrained latent, shape ``(D,)``.
 
@@ -144,7 +144,7 @@ class DecenteringTransform(Transform):
     Args:
         model (callable): the Pyro model.
         args, kwargs: the model's arguments for this call.
-        packer (pyro_nfvi.guides.sites.SitePacker): the guide's packing of the latent sites.
+        packer (object): the guide's packing of the latent sites (a ``SitePacker`` of ``pyro_nfvi.guides.sites``).
         sites (list of str): the sites to map (:func:`decenterable_sites`), in the model's order.
         centeredness (torch.Tensor): :math:`\lambda`, one entry per coordinate of ``sites``
             (concatenated in that order), each in :math:`(0, 1]`.
