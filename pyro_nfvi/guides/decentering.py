@@ -91,10 +91,12 @@ def _run_model(model, args, kwargs, names, values, last):
 def decenterable_sites(model, packer, args=(), kwargs=None, values=None):
     """The packed latent sites whose ``Normal``/``LogNormal`` prior depends on other latent sites, in order.
 
-    The model runs once with every latent site set to ``values`` (default: the packer's sites at
+    The model runs with every latent site set to ``values`` (default: the packer's sites at
     zero in unconstrained coordinates) as leaves that record gradients; a site qualifies when its
     prior's location or scale records one, that is depends on a latent value (or on a parameter
-    of the model).
+    of the model).  A site whose prior also depends on a latent site this guide does not draw
+    (hidden from it, as in an ``AutoGuideList``) is left out: its location and scale come out
+    different when the model runs twice.
 
     Args:
         model (callable): the Pyro model.
@@ -119,18 +121,23 @@ def decenterable_sites(model, packer, args=(), kwargs=None, values=None):
     leaves = {}
     for spec, u in packer.unpack(latent):
         leaves[spec.name] = (spec, u.clone().requires_grad_())
-    found = []
+    runs = []
+    for seed in range(2):
+        found = {}
 
-    def value(name, msg):
-        spec, u = leaves[name]
-        params = prior_loc_scale(msg["fn"])
-        if params is not None and any(torch.is_tensor(p) and p.requires_grad for p in params):
-            found.append(name)
-        return spec.transform(u)
+        def value(name, msg):
+            spec, u = leaves[name]
+            params = prior_loc_scale(msg["fn"])
+            if params is not None and any(torch.is_tensor(p) and p.requires_grad for p in params):
+                found[name] = [torch.as_tensor(p).detach() for p in params]
+            return spec.transform(u)
 
-    with torch.enable_grad():
-        _run_model(model, args, kwargs, set(leaves), value, None)
-    return found
+        with torch.enable_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)  # hidden sites draw different values in the two runs
+            _run_model(model, args, kwargs, set(leaves), value, None)
+        runs.append(found)
+    first, second = runs
+    return [name for name in first if all(torch.equal(a, b) for a, b in zip(first[name], second[name]))]
 
 
 class DecenteringTransform(Transform):

@@ -1,4 +1,6 @@
 """The learned non-centering of hierarchical sites: ``DecenteringTransform`` and ``AutoFlowGuide(decenter=True)``."""
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -208,3 +210,36 @@ def test_the_recipe_on_the_centered_eight_schools_finds_the_group_scale():
     assert errors[True].mean < 0.2 and errors[True].sd < 0.45  # 0.12 / 0.35 (log tau's left tail)
     assert bounds[True] > -32.0  # -31.55; the non-centered model's recipe reaches -31.5
     assert errors[False].sites["tau"][0] > 0.3 and bounds[False] < bounds[True] - 2.0  # 0.55, -34.4
+
+
+def test_a_site_whose_prior_depends_on_another_guides_site_is_not_decentered():
+    """In an AutoGuideList the parent drawn by another guide is invisible to this one: no decentering there."""
+    from pyro.infer.autoguide import AutoGuideList, AutoNormal
+
+    model, args = eight_schools(centered=True)
+    guide = AutoGuideList(model)
+    guide.append(AutoNormal(pyro.poutine.block(model, expose=["mu"])))
+    flow = AutoFlowGuide(pyro.poutine.block(model, hide=["mu"]), model_args=args)
+    guide.append(flow)
+    assert flow.decentered == []
+    loss = Trace_ELBO(num_particles=8, vectorize_particles=True).loss(model, guide, *args)
+    assert torch.isfinite(torch.tensor(loss))
+    tau_only = AutoFlowGuide(pyro.poutine.block(model, hide=["mu"]), model_args=args, name="tau_only")
+    assert tau_only.decentered == []
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_predictive_and_the_fast_path_work_with_decentering(parallel):
+    from pyro.infer import Predictive
+
+    from pyro_nfvi.guides import FastSVI
+
+    model, args = eight_schools(centered=True)
+    pyro.set_rng_seed(0)
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2, model_args=args)
+    draws = Predictive(model, guide=guide, num_samples=50, parallel=parallel)(*args)
+    assert draws["theta"].shape[0] == 50 and draws["obs"].shape[-1] == 8
+    svi = FastSVI(model, guide, Trace_ELBO(num_particles=4, vectorize_particles=True), lr=1e-2)
+    losses = [svi.step(*args) for _ in range(20)]
+    assert all(map(math.isfinite, losses))
+    assert not torch.allclose(torch.sigmoid(guide.centeredness_raw.detach()), torch.full((8,), 0.5))
