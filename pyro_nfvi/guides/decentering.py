@@ -32,6 +32,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Transform, constraints
 
 __all__ = ["DecenteringTransform", "decenterable_sites", "prior_loc_scale"]
@@ -63,15 +64,23 @@ class _Done(Exception):
 
 
 class _Substitute(Messenger):
-    """Sets every packed latent site to a value from ``values(name, msg)``; stops after ``last``."""
+    """Sets every packed latent site to a value from ``values(name, msg)``; stops after ``last``.
+
+    ``foreign`` collects the latent sample sites it met that it does not set (enumerated or
+    discrete sites, sites of another guide): the model draws those from their priors.
+    """
 
     def __init__(self, names, values, last):
         super().__init__()
         self.names, self.values, self.last = names, values, last
+        self.foreign = []
 
     def _pyro_sample(self, msg):
         name = msg["name"]
-        if msg["is_observed"] or name not in self.names:
+        if msg["is_observed"] or site_is_subsample(msg):
+            return
+        if name not in self.names:
+            self.foreign.append(name)
             return
         msg["value"] = self.values(name, msg)
         msg["is_observed"] = True  # as poutine.condition: the value is given, nothing is sampled
@@ -80,12 +89,14 @@ class _Substitute(Messenger):
 
 
 def _run_model(model, args, kwargs, names, values, last):
+    substitute = _Substitute(names, values, last)
     with poutine.block():
         try:
-            with _Substitute(names, values, last):
+            with substitute:
                 model(*args, **kwargs)
         except _Done:
             pass
+    return substitute.foreign
 
 
 def decenterable_sites(model, packer, args=(), kwargs=None, values=None):
@@ -94,9 +105,10 @@ def decenterable_sites(model, packer, args=(), kwargs=None, values=None):
     The model runs with every latent site set to ``values`` (default: the packer's sites at
     zero in unconstrained coordinates) as leaves that record gradients; a site qualifies when its
     prior's location or scale records one, that is depends on a latent value (or on a parameter
-    of the model).  A site whose prior also depends on a latent site this guide does not draw
-    (hidden from it, as in an ``AutoGuideList``) is left out: its location and scale come out
-    different when the model runs twice.
+    of the model).  A site that may depend on a latent site this guide does not draw is left
+    out: one after an enumerated or otherwise foreign latent site, and one whose location and
+    scale come out different when the model runs twice (a parent hidden from this guide, as in an
+    ``AutoGuideList``).
 
     Args:
         model (callable): the Pyro model.
@@ -130,11 +142,18 @@ def decenterable_sites(model, packer, args=(), kwargs=None, values=None):
             params = prior_loc_scale(msg["fn"])
             if params is not None and any(torch.is_tensor(p) and p.requires_grad for p in params):
                 found[name] = [torch.as_tensor(p).detach() for p in params]
+            if foreign:  # a foreign latent site came before: the prior may depend on it
+                found.pop(name, None)
             return spec.transform(u)
 
+        foreign = []
         with torch.enable_grad(), torch.random.fork_rng():
             torch.manual_seed(seed)  # hidden sites draw different values in the two runs
-            _run_model(model, args, kwargs, set(leaves), value, None)
+            substitute = _Substitute(set(leaves), value, None)
+            foreign = substitute.foreign
+            with poutine.block():
+                with substitute:
+                    model(*args, **kwargs)
         runs.append(found)
     first, second = runs
     return [name for name in first if all(torch.equal(a, b) for a, b in zip(first[name], second[name]))]

@@ -243,3 +243,13 @@ def test_predictive_and_the_fast_path_work_with_decentering(parallel):
     losses = [svi.step(*args) for _ in range(20)]
     assert all(map(math.isfinite, losses))
     assert not torch.allclose(torch.sigmoid(guide.centeredness_raw.detach()), torch.full((8,), 0.5))
+
+
+def test_a_site_after_an_enumerated_site_is_not_decentered():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("w", dist.Normal(mu, 1.0))  # before the discrete site: decentered
+        z = pyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        pyro.sample("x", dist.Normal(mu + z, 1.0))  # may depend on z, which this guide does not draw
+
+    assert AutoFlowGuide(model, model_args=()).decentered == ["w"]
