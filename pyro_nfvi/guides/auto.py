@@ -99,9 +99,11 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     ``INITIAL_CENTEREDNESS`` = 0.5; :meth:`fit_base` trains it with the Gaussian), as Gorinova et al.'s
     VIP does to the model: the guide non-centers where that helps and stays centered where the
     data are strong.  The model is left as written; each draw runs it up to its last such site
-    (see ``pyro_nfvi.guides.decentering``).  On the centered eight schools the recipe's ELBO went
-    from -34 to -31.4 (the non-centered model's) and PSIS k-hat from 0.8-1.0 to 0.4-0.5; on
-    Neal's funnel q became the posterior (ELBO 0.00 = log Z).
+    (see ``pyro_nfvi.guides.decentering``).  On the centered eight schools (:func:`~pyro_nfvi.recipe.fit`,
+    1000 steps, worst of 5 seeds) the ELBO went from -34 to -31.5 (the non-centered model's) and
+    the largest mean error from 0.61 to 0.11 posterior sds; on Neal's funnel q became the posterior
+    (ELBO 0.00 = log Z).  Where the data are strong (the centered form is right) the centeredness
+    stays near its start and costs 0.1-0.4 nats of ELBO.
 
     A latent site inside a subsampled plate raises a ``ValueError`` pointing to
     :class:`~pyro_nfvi.guides.AmortizedFlowGuide`; a discrete latent site must be enumerated
@@ -442,18 +444,17 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         dtype = self.loc.dtype
         with torch.no_grad():
             start = self._init_loc().to(dtype)
-
-        def log_density(u):
-            return self.log_joint(u, *args, **kwargs)
-
-        if self.decentered:  # the Laplace approximation in the coordinates the flow works in
-            decentering = self._decentering(args, kwargs, detach=True)
+        # with decentered sites, the Laplace approximation in the coordinates the flow works in
+        decentering = self._decentering(args, kwargs, detach=True) if self.decentered else None
+        if decentering is not None:
             with torch.no_grad():
                 start = decentering.inv(start)
 
-            def log_density(v):  # noqa: F811 -- the density of the decentered coordinates
-                u, log_det = decentering.call_and_log_det(v)
-                return self.log_joint(u, *args, **kwargs) + log_det
+        def log_density(v):
+            if decentering is None:
+                return self.log_joint(v, *args, **kwargs)
+            u, log_det = decentering.call_and_log_det(v)
+            return self.log_joint(u, *args, **kwargs) + log_det
 
         try:
             mode, covariance = laplace_approximation(log_density, start, num_steps)
@@ -507,7 +508,9 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         if not len(self.flow_stack) and not self.decentered:
             loc, scale = self._loc_scale()
             return dist.Normal(loc, scale).icdf(q.unsqueeze(-1))
-        draws = self._cached_draws(None, lambda: self.get_posterior(*args, **kwargs).sample((self.num_mc_samples,)))
+        # with decentered sites q depends on the model's arguments: the draws are cached per call
+        key, keep = (tuple(map(id, args)) + tuple(map(id, kwargs.values())), (args, kwargs)) if self.decentered else (None, None)
+        draws = self._cached_draws(key, lambda: self.get_posterior(*args, **kwargs).sample((self.num_mc_samples,)), keep)
         return torch.quantile(draws, q, dim=0)
 
     def median(self, *args, **kwargs):
