@@ -100,3 +100,39 @@ for ax, (name, guide) in zip(axes, guides.items()):
 guide = guides["AutoFlowGuide"]
 print({k: round(float(v), 3) for k, v in guide.median(y).items()})
 print({k: [round(float(q), 3) for q in v] for k, v in guide.quantiles([0.05, 0.95], y).items()})
+
+# %%
+# ## A centered hierarchy: the guide non-centers it
+#
+# Hierarchical models are usually written centered, `theta ~ Normal(mu, tau)` with `mu` and `tau`
+# latent.  With weak data their posterior is a funnel: as {math}`\tau` shrinks, {math}`\theta`'s
+# conditional narrows with it, which neither a Gaussian nor a short flow follows.
+# `AutoFlowGuide` finds such sites itself and draws them as
+# {math}`\theta = \mu + \tau^{1-\lambda}(\tilde\theta - \lambda\mu)` with a learned centeredness
+# {math}`\lambda` (`decenter=True`, the default; {math}`\lambda = 1` is the model as written): the
+# model is not changed.  Here on Rubin's eight schools, against the shipped NUTS draws.
+
+from pyro_nfvi.evaluation import posterior_error  # noqa: E402
+from pyro_nfvi.targets.bayes import eight_schools  # noqa: E402
+from pyro_nfvi.targets.reference import load_reference  # noqa: E402
+
+schools, (sigma, y_schools) = eight_schools(centered=True)
+reference = load_reference("eight_schools_centered").draws
+for name, guide in {"AutoNormal": AutoNormal(schools), "AutoFlowGuide": AutoFlowGuide(schools)}.items():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svi = SVI(schools, guide, pyro.optim.ClippedAdam({"lr": 0.01, "clip_norm": 10.0}),
+              Trace_ELBO(num_particles=4, vectorize_particles=True))
+    for step in range(NUM_STEPS):
+        svi.step(sigma, y_schools)
+    error = posterior_error(schools, guide, sigma, y_schools, reference=reference)
+    print(f"{name:14s} largest mean error {error.mean:.2f} NUTS sd, sd error {error.sd:.2f}; "
+          f"tau: mean error {error.sites['tau'][0]:.2f}, sd error {error.sites['tau'][1]:.2f}")
+print("decentered sites:", guide.decentered,
+      "centeredness:", [round(float(v), 2) for v in torch.sigmoid(guide.centeredness_raw.detach())])
+
+# %%
+# The mean-field Gaussian collapses {math}`\tau` toward 0 and pulls every school toward the same
+# value; the flow guide is far closer.  Its centeredness has moved from its start, 0.5, toward 0
+# (non-centered); the package's recipe, `pyro_nfvi.fit`, trains it during its warm start, where it
+# reaches 0.01-0.05 on this model.
