@@ -135,13 +135,25 @@ def test_state_round_trips_and_the_draws_agree():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_vectorized_and_sequential_particles_agree():
-    model, args = eight_schools(centered=True)
+def nested(y):
+    """Decentered sites in nested plates, a chain of two levels."""
+    tau = pyro.sample("tau", dist.HalfNormal(1.0))
+    with pyro.plate("groups", 3, dim=-2):
+        mu = pyro.sample("mu", dist.Normal(0.0, tau))
+        with pyro.plate("features", 4, dim=-1):
+            theta = pyro.sample("theta", dist.Normal(mu, 0.5 * tau))
+            pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("case", ["eight_schools", "nested"])
+def test_vectorized_and_sequential_particles_agree(case):
+    model, args = eight_schools(centered=True) if case == "eight_schools" else (nested, (torch.randn(3, 4),))
     pyro.set_rng_seed(0)
     guide = AutoFlowGuide(model, flow="iaf", num_flows=2, model_args=args)
     with torch.no_grad():
         for p in guide.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    assert guide.decentered == (["theta"] if case == "eight_schools" else ["mu", "theta"])
     vectorized = Trace_ELBO(num_particles=4000, vectorize_particles=True).loss(model, guide, *args)
     sequential = Trace_ELBO(num_particles=400).loss(model, guide, *args)
     assert vectorized == pytest.approx(sequential, abs=1.5)
