@@ -41,16 +41,18 @@ __all__ = ["DecenteringTransform", "decenterable_sites", "prior_loc_scale"]
 def prior_loc_scale(fn):
     r"""``(loc, scale)`` of a ``Normal`` or ``LogNormal`` prior in unconstrained coordinates, else ``None``.
 
-    ``Independent`` and expanded distributions are unwrapped; a ``LogNormal(loc, scale)`` is a
+    ``Independent``, expanded and masked distributions are unwrapped; a ``LogNormal(loc, scale)`` is a
     ``Normal(loc, scale)`` in the log coordinates of ``biject_to(positive)``.
 
     Example:
         >>> prior_loc_scale(dist.LogNormal(1.0, 2.0).expand([3]).to_event(1))
         (tensor([1., 1., 1.]), tensor([2., 2., 2.]))
+        >>> prior_loc_scale(dist.Normal(0.0, 3.0).mask(False))
+        (tensor(0.), tensor(3.))
         >>> prior_loc_scale(dist.Gamma(1.0, 1.0)) is None
         True
     """
-    while isinstance(fn, (torch.distributions.Independent, dist.ExpandedDistribution)):
+    while isinstance(fn, (torch.distributions.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
         fn = fn.base_dist
     if isinstance(fn, torch.distributions.LogNormal):
         fn = fn.base_dist
