@@ -32,6 +32,7 @@ Usage::
     python benchmarks/bayes.py --merge a/bayes.json b/bayes.json --seeds 1   # one table from split runs
 """
 import argparse
+import inspect
 import json
 import math
 import statistics
@@ -97,7 +98,7 @@ def run(model_name, guide_name, lr, seed, args):
     start, cpu_start = time.perf_counter(), time.process_time()
     if guide_name.startswith("recipe"):
         result = fit(model, guide, *model_args, num_steps=args.steps, lrs=tuple(args.lrs), num_particles=args.particles,
-                     estimator=args.estimator, progress=False)
+                     estimator=args.estimator, final_lr_fraction=args.final_lr_fraction, progress=False)
         losses = result.losses
         row.update(lr=result.lr, probe_scores={str(k): v for k, v in result.probe_scores.items()},
                    rollbacks=result.rollbacks, warm_start_steps=len(result.warm_start_losses),
@@ -220,7 +221,7 @@ def main(args):
                           f"elbo={row['elbo']:.2f} ({row['seconds']:.1f} s)", flush=True)
     command = (f"python benchmarks/bayes.py --seeds {args.seeds} --recipe-seeds {args.recipe_seeds} --steps {args.steps} --particles {args.particles} "
                f"--lrs {' '.join(map(str, args.lrs))} --estimator {args.estimator} --recipe-flow {args.recipe_flow} "
-               f"--recipe-num-flows {args.recipe_num_flows} --recipe-base {args.recipe_base}"
+               f"--recipe-num-flows {args.recipe_num_flows} --recipe-base {args.recipe_base} --final-lr-fraction {args.final_lr_fraction}"
                + (f" --models {' '.join(models)}" if args.models else "")
                + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
     intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
@@ -267,6 +268,8 @@ def parse_args(argv=None):
     parser.add_argument("--recipe-flow", default="iaf", help="the recipe's flow family")
     parser.add_argument("--recipe-num-flows", type=int, default=4, help="the recipe's number of layers")
     parser.add_argument("--recipe-base", default="diagonal", help="the recipe's base: diagonal or full")
+    parser.add_argument("--final-lr-fraction", type=float, default=inspect.signature(fit).parameters["final_lr_fraction"].default,
+                        help="the recipe's learning rate at its last step, as a fraction of the chosen one (default: fit's)")
     parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="write the report from these earlier reports' rows, running nothing (a later file's "

@@ -29,7 +29,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.distributions import Transform, constraints
 
-from ..validation import check_choice, check_int
+from ..validation import check_choice, check_int, check_positive
+from .output_scale import output_scale as resolve_output_scale
 
 __all__ = [
     "FlowTransform",
@@ -174,7 +175,10 @@ class Hypernet(nn.Module):
 
     An optional hidden MLP (``hidden``, ELU activations) is followed by a linear layer whose weight
     is zero-initialised and whose bias is the flattened ``init`` values, so the predicted parameters
-    start at ``init`` for every context (Rezende & Mohamed 2015 amortize the flow this way).
+    start at ``init`` for every context (Rezende & Mohamed 2015 amortize the flow this way).  The
+    layer computes ``bias + output_scale * weight @ h``: with ``output_scale = 1 / fan_in`` the
+    per-point part moves at Adam's pace ``lr`` per step instead of ``lr * fan_in``
+    (``pyro_nfvi.transforms.output_scale``).
 
     Example:
         >>> net = Hypernet(3, {"a": (2,), "b": ()}, {"a": torch.ones(2), "b": torch.zeros(())})
@@ -183,9 +187,10 @@ class Hypernet(nn.Module):
         (torch.Size([5, 2]), torch.Size([5]))
     """
 
-    def __init__(self, context_dim, shapes, init, hidden=()):
+    def __init__(self, context_dim, shapes, init, hidden=(), output_scale=1.0):
         super().__init__()
         self.context_dim = check_int("context_dim", context_dim)
+        self.output_scale = check_positive("output_scale", output_scale)
         self.names = list(shapes)
         self.shapes = [tuple(shapes[n]) for n in self.names]
         self.sizes = [math.prod(s) for s in self.shapes]
@@ -204,7 +209,12 @@ class Hypernet(nn.Module):
             raise ValueError(
                 f"context must have shape (..., {self.context_dim}), got {tuple(context.shape)}"
             )
-        return self.unflatten(self.head(self.trunk(to_network_dtype(context, self.head))))
+        hidden = self.trunk(to_network_dtype(context, self.head))
+        return self.unflatten(nn.functional.linear(hidden, self.weight(), self.head.bias))
+
+    def weight(self):
+        """The head's effective weight, ``output_scale * head.weight``."""
+        return self.head.weight if self.output_scale == 1.0 else self.output_scale * self.head.weight
 
     @property
     def is_linear(self):
@@ -261,14 +271,25 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
     # -- parameters ---------------------------------------------------------------------------------
-    def _build_params(self, hidden=()):
-        """Create owned parameters or the hypernetwork; families call this at the end of __init__."""
+    def _build_params(self, hidden=(), output_scale="none"):
+        """Create owned parameters or the hypernetwork; families call this at the end of __init__.
+
+        ``output_scale`` (``"none"``, ``"fan_in"`` or a positive float, see
+        ``pyro_nfvi.transforms.output_scale``) multiplies the hypernetwork's output layer; owned
+        parameters have no network, so anything but ``"none"`` is refused there.
+        """
         shapes, init = self.param_shapes(), self.init_params()
+        if not self.context_dim and output_scale != "none":
+            raise ValueError(
+                f"output_scale={output_scale!r} scales a hypernetwork's output, but {type(self).__name__} was built "
+                "with context_dim=0 (owned parameters, no network): leave output_scale='none'"
+            )
         for name, shape in shapes.items():
             if tuple(init[name].shape) != tuple(shape):
                 raise ValueError(f"init_params()[{name!r}] has shape {tuple(init[name].shape)}, expected {shape}")
         if self.context_dim:
-            self.hypernet = Hypernet(self.context_dim, shapes, init, hidden)
+            fan_in = tuple(hidden)[-1] if tuple(hidden) else self.context_dim
+            self.hypernet = Hypernet(self.context_dim, shapes, init, hidden, resolve_output_scale(output_scale, fan_in))
         else:
             for name in shapes:
                 setattr(self, name, nn.Parameter(init[name]))

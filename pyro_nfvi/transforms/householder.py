@@ -71,6 +71,9 @@ class Householder(FlowModule):
         chained (bool): the layer reads the previous layer's ``v`` (requires ``context_dim == dim``
             and ``hidden == ()``).
         cache_size (int): 0 or 1.
+        output_scale (float or str): amortized only: factor on the hypernetwork's output layer,
+            ``"none"`` (1), ``"fan_in"`` (``1 / fan_in``: per-point parameters move at Adam's pace, see
+            ``pyro_nfvi.transforms.output_scale``) or a positive float.
 
     Example:
         >>> flow = Householder(3)
@@ -86,7 +89,7 @@ class Householder(FlowModule):
 
     volume_preserving = True
 
-    def __init__(self, dim, context_dim=0, hidden=(), chained=False, cache_size=1):
+    def __init__(self, dim, context_dim=0, hidden=(), chained=False, cache_size=1, output_scale="none"):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
         if not isinstance(chained, bool):
             raise TypeError(f"chained must be a bool, got {type(chained).__name__}")
@@ -99,8 +102,10 @@ class Householder(FlowModule):
                 )
             if hidden:
                 raise ValueError(f"a chained Householder layer is a single Linear map: hidden must be (), got {hidden}")
+        if chained and output_scale != "none":
+            raise ValueError(f"a chained Householder layer is a plain Linear recurrence: output_scale must be 'none', got {output_scale!r}")
         self.chained = chained
-        self._build_params(hidden)
+        self._build_params(hidden, output_scale)
         if chained:
             with torch.no_grad():
                 nn.init.orthogonal_(self.hypernet.head.weight)

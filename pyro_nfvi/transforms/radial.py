@@ -144,6 +144,9 @@ class Radial(FlowModule):
             context.
         hidden (tuple): hidden sizes of the hypernetwork (amortized only; ``()`` is a linear map).
         cache_size (int): 0 or 1.
+        output_scale (float or str): amortized only: factor on the hypernetwork's output layer,
+            ``"none"`` (1), ``"fan_in"`` (``1 / fan_in``: per-point parameters move at Adam's pace, see
+            ``pyro_nfvi.transforms.output_scale``) or a positive float.
 
     Example:
         >>> import pyro.distributions as dist
@@ -156,9 +159,9 @@ class Radial(FlowModule):
         torch.Size([8, 2])
     """
 
-    def __init__(self, dim, context_dim=0, hidden=(), cache_size=1):
+    def __init__(self, dim, context_dim=0, hidden=(), cache_size=1, output_scale="none"):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
-        self._build_params(hidden)
+        self._build_params(hidden, output_scale)
 
     def param_shapes(self):
         return {"z0": (self.dim,), "alpha_raw": (), "beta_raw": ()}

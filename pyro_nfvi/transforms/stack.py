@@ -265,10 +265,10 @@ def _linear_heads(layers, context):
     """Raw parameters of layers with linear hypernetworks, from one matrix product."""
     for layer in layers:
         layer._check_context(context)
-    heads = [layer.hypernet.head for layer in layers]
-    context = to_network_dtype(context, heads[0])
-    flat = nn.functional.linear(context, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
-    chunks = flat.split([h.out_features for h in heads], dim=-1)
+    nets = [layer.hypernet for layer in layers]
+    context = to_network_dtype(context, nets[0].head)
+    flat = nn.functional.linear(context, torch.cat([n.weight() for n in nets]), torch.cat([n.head.bias for n in nets]))
+    chunks = flat.split([n.head.out_features for n in nets], dim=-1)
     return [layer.hypernet.unflatten(chunk) for layer, chunk in zip(layers, chunks)]
 
 

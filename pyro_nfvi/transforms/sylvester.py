@@ -197,6 +197,11 @@ class Sylvester(FlowModule):
             name :func:`~pyro_nfvi.transforms.flow` forwarded before that factory's first argument
             was renamed ``family``.
         orthogonalization (str): ``"qr"`` or ``"bjorck"`` (``kind="orthogonal"`` only), see above.
+        output_scale (float or str): amortized only: factor on the hypernetwork's output layer,
+            ``"none"`` (1), ``"fan_in"`` (``1 / fan_in``: per-point parameters move at Adam's pace, see
+            ``pyro_nfvi.transforms.output_scale``) or a positive float.  Amortized, a per-point ``Q``
+            that moves fast drifts to near-singular raw matrices, whose QR gradient explodes:
+            ``AmortizedFlowGuide`` scales this family by default.
 
     Example:
         >>> layer = Sylvester(3, kind="householder")
@@ -221,6 +226,7 @@ class Sylvester(FlowModule):
         cache_size=1,
         sylvester_kind=None,
         orthogonalization="qr",
+        output_scale="none",
     ):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
         if sylvester_kind is not None:
@@ -259,7 +265,7 @@ class Sylvester(FlowModule):
             self.register_buffer("perm_matrix", torch.eye(self.dim)[:, perm])
         rows, cols = torch.triu_indices(m, m, offset=1)
         self.register_buffer("upper_flat", rows * m + cols, persistent=False)
-        self._build_params(hidden)
+        self._build_params(hidden, output_scale)
 
     # -- raw parameters ----------------------------------------------------------------------------
     def param_shapes(self):

@@ -215,6 +215,59 @@ def test_hypernet_starts_at_init_for_any_context(hidden):
         net(torch.randn(3))
 
 
+@pytest.mark.parametrize("hidden", [(), (64,)])
+def test_hypernet_output_scale_multiplies_the_head_and_slows_adam(hidden):
+    init = {"a": torch.tensor([1.0, -2.0]), "b": torch.tensor(0.5)}
+    ctx = torch.randn(9, 300)
+    fan_in = hidden[-1] if hidden else 300
+    moves = {}
+    for scale in (1.0, 1.0 / fan_in):
+        torch.manual_seed(1)
+        net = Hypernet(300, {"a": (2,), "b": ()}, init, hidden, output_scale=scale)
+        out = net(ctx)
+        for key in init:  # still the identity's parameters for every context
+            assert_close(out[key], init[key].expand_as(out[key]))
+        with torch.no_grad():
+            net.head.weight.normal_()
+            trunk = net.trunk(ctx)
+            expected = net.head.bias + scale * trunk @ net.head.weight.T
+            assert_close(torch.cat([net(ctx)["a"], net(ctx)["b"].unsqueeze(-1)], -1), expected)
+            net.head.weight.zero_()
+        # Adam's first step moves every head weight and bias by lr (the sign of its gradient), so
+        # output i moves by lr * (1 + scale * sum_j |h_ij|) when the signs agree
+        optim = torch.optim.Adam(net.head.parameters(), lr=1e-3)
+        net(ctx)["b"].sum().backward()
+        sign = net.head.weight.grad[-1].sign()
+        optim.step()
+        with torch.no_grad():
+            move = net(ctx)["b"] - init["b"]
+            assert_close(move, -1e-3 * (1 + scale * trunk @ sign), rtol=1e-4, atol=1e-7)
+        moves[scale] = move.abs().max().item()
+    assert moves[1.0] > 5 * moves[1.0 / fan_in]
+    with pytest.raises(ValueError, match="output_scale"):
+        Hypernet(3, {"a": (1,)}, {"a": torch.zeros(1)}, output_scale=0.0)
+
+
+@pytest.mark.parametrize("family", ["planar", "radial", "householder", "sylvester"])
+def test_output_scale_needs_a_hypernetwork(family):
+    from pyro_nfvi.transforms import flow
+
+    layer = flow(family, 3, 1, context_dim=4, output_scale="fan_in")[0]
+    assert layer.hypernet.output_scale == 1.0 / 4  # no hidden layer: fan_in is the context size
+    assert flow(family, 3, 1, context_dim=4, hidden=(8,), output_scale="fan_in")[0].hypernet.output_scale == 1.0 / 8
+    with pytest.raises(ValueError, match="context_dim=0"):
+        flow(family, 3, 1, output_scale="fan_in")
+    with pytest.raises(ValueError, match="output_scale"):
+        flow(family, 3, 1, context_dim=4, output_scale="fan-in")
+
+
+def test_chained_householder_refuses_an_output_scale():
+    from pyro_nfvi.transforms import Householder
+
+    with pytest.raises(ValueError, match="chained"):
+        Householder(3, context_dim=3, chained=True, output_scale="fan_in")
+
+
 def test_hypernet_validates_sizes():
     with pytest.raises(ValueError, match="context_dim"):
         Hypernet(0, {"a": (1,)}, {"a": torch.zeros(1)})

@@ -12,10 +12,11 @@ def _per_layer(stack, context):
     return BoundStack([layer.bind(raw) for layer, raw in zip(stack, raws)], stack.dim), raws
 
 
+@pytest.mark.parametrize("output_scale", ["none", "fan_in", 0.3])
 @pytest.mark.parametrize("kind", ["planar", "radial", "sylvester"])
-def test_concatenated_linear_heads_equal_per_layer_hypernets(kind):
+def test_concatenated_linear_heads_equal_per_layer_hypernets(kind, output_scale):
     torch.manual_seed(0)
-    stack = flow(kind, 3, num_flows=4, context_dim=5).double()
+    stack = flow(kind, 3, num_flows=4, context_dim=5, output_scale=output_scale).double()
     perturb(stack, 0.3)
     context = torch.randn(6, 5, dtype=torch.float64)
     _, expected = _per_layer(stack, context)
