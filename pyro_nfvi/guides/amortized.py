@@ -22,7 +22,7 @@ __all__ = ["AMORTIZED_SCALED_OUTPUT", "AmortizedFlowGuide"]
 
 #: Local flow families whose hypernetworks :class:`AmortizedFlowGuide` builds with
 #: ``output_scale="fan_in"`` unless another ``output_scale`` is passed: see "Stability" in its docstring.
-AMORTIZED_SCALED_OUTPUT = ("sylvester",)
+AMORTIZED_SCALED_OUTPUT = ("planar", "sylvester")
 
 
 class AmortizedFlowGuide(FlowGuide, AutoGuide):
@@ -75,7 +75,10 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     scales with the inverse of the smallest singular value, blows up: the validation -ELBO went 112,
     773, 128 at epochs 5 to 7 (``benchmarks/mnist_vae.py``).  So this family's hypernetworks are
     built with ``output_scale="fan_in"`` (``AMORTIZED_SCALED_OUTPUT``; ``output_scale="none"`` gives
-    the unscaled network).
+    the unscaled network).  Planar layers too: unscaled, the planar K=2 VAE trailed the plain VAE
+    by about 1 nat through training and ended 0.42 nats worse on test; scaled it leads from the
+    first epochs and ends 0.45 better (94.45 against 94.90).  Radial and Householder layers were not
+    measured scaled and keep the unscaled network.
 
     **What the encoder accepts.**  Real observations as they are; counts (integer tensors, Poisson,
     Binomial) and binary values cast to floats; category ids (``Categorical``, as in Pyro's LDA)

@@ -190,7 +190,7 @@ def sylvester_vae(y):
         pyro.sample("y", dist.Bernoulli(logits=torch.sin(2 * z) @ torch.ones(8, 20) / 3).to_event(1), obs=y)
 
 
-def test_amortized_sylvester_scales_its_hypernetworks_by_default():
+def test_amortized_planar_and_sylvester_scale_their_hypernetworks_by_default():
     y = torch.bernoulli(torch.full((10, 20), 0.3), generator=torch.Generator().manual_seed(0))
     guide = AmortizedFlowGuide(sylvester_vae, plate="data", flow="sylvester", num_flows=2, encoder_hidden=(32,),
                                model_args=(y,))
@@ -201,7 +201,11 @@ def test_amortized_sylvester_scales_its_hypernetworks_by_default():
     assert [layer.hypernet.output_scale for layer in unscaled.flow_stack] == [1.0, 1.0]
     planar = AmortizedFlowGuide(sylvester_vae, plate="data", flow="planar", num_flows=2, encoder_hidden=(32,),
                                 model_args=(y,))
-    assert "output_scale" not in planar.flow_opts
+    assert all(layer.hypernet.output_scale == 1 / 32 for layer in planar.flow_stack)
+    radial = AmortizedFlowGuide(sylvester_vae, plate="data", flow="radial", num_flows=2, encoder_hidden=(32,),
+                                model_args=(y,))
+    assert "output_scale" not in radial.flow_opts
+    assert all(layer.hypernet.output_scale == 1.0 for layer in radial.flow_stack)
 
 
 def test_amortized_sylvester_keeps_its_per_point_matrices_well_conditioned():
