@@ -198,6 +198,12 @@ def write_report(args, report):
               "validation) parameters. Partial rows: the last epoch's training loss and the best validation "
               "-ELBO so far.", ""]
     lines += _targets(rows)
+    notes = [f"- {r['flow']} K={r['num_flows']}: {r['note']}" for r in report["rows"] if r.get("note")]
+    notes += [f"- superseded, {r['flow']} K={r['num_flows']} (test -ELBO {_fmt(r.get('test_elbo'))}): {r['note']}"
+              for r in report.get("superseded", [])]
+    if notes:
+        lines += ["Notes on rows (a row rerun after a change of the guide's defaults keeps the old one in the JSON's "
+                  "`superseded`):"] + notes + [""]
     if histories:
         plot_learning_curves(histories, str(out / "mnist_vae_curves.png"),
                              title="flow VAEs on binarized MNIST (benchmarks/mnist_vae.py)")

@@ -58,3 +58,20 @@ def test_mnist_vae_cost_script(monkeypatch, tmp_path):
         assert r["seconds_per_epoch"] == pytest.approx(500 * r["seconds_per_step"])
         assert r["hours_per_row"] > 10 * r["seconds_per_epoch"] / 3600
     assert "| iaf | 2 |" in (tmp_path / "mnist_vae_cost.md").read_text()
+
+
+def test_mnist_vae_report_lists_row_notes_and_superseded_rows(bench, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    row = {"flow": "planar", "num_flows": 2, "epochs_done": 2, "best_epoch": 2, "stopped_early": False,
+           "train_seconds": 10.0, "seconds_per_epoch": 5.0, "history": [{"epoch": 1, "train": 3.0, "valid": 4.0},
+                                                                          {"epoch": 2, "train": 2.0, "valid": 3.5}],
+           "train_elbo": [2.0, 0.1], "valid_elbo": [3.5, 0.1], "test_elbo": [3.4, 0.1], "test_iwae": [3.0, 0.1]}
+    report = {"rows": [dict(row, note="rerun with scaled hypernetworks")],
+              "superseded": [dict(row, test_elbo=[3.9, 0.1], note="unscaled")], "command": "x"}
+    args = bench["parse_args"](["--out", str(out), "--runs", str(tmp_path / "runs")] + TINY)
+    bench["write_report"](args, report)
+    md = (out / "mnist_vae.md").read_text()
+    assert "| planar | 2 | complete | 2 (2) | 2.00 | 3.50 | 3.40 |" in md
+    assert "- planar K=2: rerun with scaled hypernetworks" in md
+    assert "- superseded, planar K=2 (test -ELBO 3.90): unscaled" in md
