@@ -17,7 +17,9 @@ A checkpoint (:func:`save_checkpoint`) holds everything a run's next step depend
 
 Writes are atomic: the checkpoint goes to a temporary file in the same folder, is flushed and
 ``fsync``-ed, then ``os.replace``-d over ``path`` (and the folder is ``fsync``-ed), so a run killed
-at any moment leaves either the previous checkpoint or the new one, never a torn file.
+at any moment leaves either the previous checkpoint or the new one, never a torn file.  A writer
+killed between the two steps leaves its temporary file behind; the next successful save of the
+same ``path`` removes such leftovers (``.<name>.*.tmp`` beside it).
 
 Loads use ``torch.load(..., weights_only=True)``: every entry is a tensor or a plain container.
 The one exception is Pyro's param store, whose constraints are objects; they are unpickled with
@@ -29,6 +31,7 @@ raises a clear error.
 Reference: Bingham et al., *Pyro: Deep Universal Probabilistic Programming*, JMLR 2019 (the param
 store, ``PyroOptim.get_state``).
 """
+import glob
 import json
 import os
 import random
@@ -195,6 +198,11 @@ def save_checkpoint(path, *, guide, model=None, optimizer=None, objective=None, 
             pass
         raise
     _fsync_folder(folder)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(os.path.basename(path))}.*.tmp")):
+        try:  # the temporary file of an earlier writer that was killed before its os.replace
+            os.unlink(stale)
+        except OSError:
+            pass
 
 
 def _constraint_classes():

@@ -182,6 +182,18 @@ def test_a_damaged_file_is_refused_clearly(tmp_path):
         load_checkpoint(tmp_path / "missing.pt", guide=guide)
 
 
+def test_a_save_removes_the_temporary_file_of_a_killed_writer(tmp_path):
+    # a writer killed between writing its temporary file and os.replace leaves the file behind
+    stale = tmp_path / ".ckpt.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".other.pt.abc123.tmp"  # another checkpoint's temporary file is not touched
+    other.write_bytes(b"x")
+    guide = AutoFlowGuide(_model, flow="planar", num_flows=1, model_args=())
+    save_checkpoint(tmp_path / "ckpt.pt", guide=guide)
+    assert not stale.exists() and other.exists()
+    load_checkpoint(tmp_path / "ckpt.pt", guide=guide)
+
+
 def test_pyro_optim_and_param_store_round_trip(tmp_path):
     # the classic SVI path: pyro.param in the model, a pyro.optim optimizer, the global param store
     pyro.clear_param_store()
