@@ -56,11 +56,13 @@ def model(x, y, subsample_size=100):
         pyro.sample("y", dist.Normal(z, sigma), obs=y[idx])
 
 
-def run(family, lr, seed, steps, factor, num_flows, old_defaults, n):
+def run(family, lr, seed, steps, factor, num_flows, old_defaults, n, head_output_scale=None):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     x, y = regression_data(n)
     opts = {"init_scale": 1.0, "standardize": False} if old_defaults else {}
+    if head_output_scale is not None:
+        opts["head_output_scale"] = head_output_scale
     guide = AmortizedFlowGuide(model, plate="data", flow=family, num_flows=num_flows, **opts)
     svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": lr, "clip_norm": 10.0}), Trace_ELBO())
     start, losses, error = time.perf_counter(), [], None
@@ -87,15 +89,19 @@ def main(args):
     for family in args.families:
         for lr in args.lrs:
             for seed in range(args.seeds):
-                row = run(family, lr, seed, args.steps, args.factor, args.num_flows, args.old_defaults, args.n)
+                row = run(family, lr, seed, args.steps, args.factor, args.num_flows, args.old_defaults, args.n,
+                          args.head_output_scale)
                 rows.append(row)
                 print(f"{family:9s} lr={lr:<7g} seed={seed} diverged_at={row['diverged_at']} "
                       f"final={row['final_loss_mean']:.4g} ({row['seconds']:.0f} s)", flush=True)
     command = (f"python benchmarks/amortized_stability.py --seeds {args.seeds} --steps {args.steps} --num-flows "
                f"{args.num_flows} --families {' '.join(args.families)} --lrs {' '.join(map(str, args.lrs))}"
-               + (" --old-defaults" if args.old_defaults else ""))
+               + (" --old-defaults" if args.old_defaults else "")
+               + (f" --head-output-scale {args.head_output_scale}" if args.head_output_scale else ""))
     which = ("the defaults before the fix (init_scale=1.0, raw encoder input)" if args.old_defaults
              else "the defaults (init_scale=0.1, standardised encoder input)")
+    head = args.head_output_scale or "fan_in"
+    which += f" and head_output_scale={head!r}"
     intro = (f"AmortizedFlowGuide with {which} on a subsampled random-effects regression (N={args.n}, batch 100, "
              "data on the scale of hundreds), ClippedAdam(clip_norm=10). Diverged runs out of "
              f"{args.seeds} seeds (a non-finite loss, or a loss above {args.factor:g} x the step-0 loss after "
@@ -110,7 +116,11 @@ def main(args):
             cells.append(f"{sum(r['diverged_at'] is not None for r in sel)}/{len(sel)} ({median:.4g})")
         table.append(f"| {family} | " + " | ".join(cells) + " |")
     name = "amortized_stability_old" if args.old_defaults else "amortized_stability"
+    if args.head_output_scale is not None:
+        name += f"_head_{args.head_output_scale}"
     title = "AmortizedFlowGuide divergences on a subsampled hierarchical model" + (" (old defaults)" if args.old_defaults else "")
+    if args.head_output_scale == "none":
+        title += " (unscaled loc/scale head)"
     return write_report(args.out, name, command, rows, title, intro, table)
 
 
@@ -125,6 +135,8 @@ def parse_args(argv=None):
     parser.add_argument("--factor", type=float, default=30.0,
                         help="a loss above factor x the step-0 loss after step 100 is a divergence")
     parser.add_argument("--old-defaults", action="store_true", help="init_scale=1.0 and standardize=False")
+    parser.add_argument("--head-output-scale", choices=["none", "fan_in"], default=None,
+                        help="the guide's head_output_scale (default: the guide's default, fan_in)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return parser.parse_args(argv)
 

@@ -9,6 +9,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ..nn.encoders import MLP, LocScaleHead
+from ..transforms.output_scale import output_scale
 from ..transforms.stack import flow as build_flow
 from ..validation import check_int, check_positive
 from .auto import AutoFlowGuide
@@ -80,6 +81,16 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     epoch 4 and on valid from epoch 11, and ends 0.45 better (94.45 against 94.90).  Radial and Householder layers were not
     measured scaled and keep the unscaled network.
 
+    **The scale head.**  ``scale_raw`` is :math:`b_s + c\,W_s h` with :math:`c = 1/H`
+    (``head_output_scale="fan_in"``, see :class:`~pyro_nfvi.nn.LocScaleHead`): unscaled (``"none"``),
+    Adam moves each of the :math:`H` weights of a row by about ``lr`` per step and ``scale_raw`` by
+    about ``H * lr``, 3 per step at lr 1e-2 with the default 300-unit encoder.  On the subsampled
+    regression above the unscaled head diverged in 3 of 5 seeds at lr 1e-2 with ``flow="none"``
+    (seed 0: the scale went from 0.1 to 50 and then to 1e-24 between steps 10 and 17, then the loss
+    was NaN), and coupling, Sylvester and Householder guides in 3, 2 and 1 of 5
+    (``benchmarks/results/amortized_stability_head_none.md``); scaled, see
+    ``benchmarks/results/amortized_stability.md``.  On the MNIST VAE the two heads train alike.
+
     **What the encoder accepts.**  Real observations as they are; counts (integer tensors, Poisson,
     Binomial) and binary values cast to floats; category ids (``Categorical``, as in Pyro's LDA)
     are refused, and so are NaN or infinite values at setup, with errors that name the site and
@@ -118,6 +129,8 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         encoder_activation (str): activation of the MLP encoder.
         num_mc_samples (int): draws used by ``median``/``quantiles`` when there is a flow.
         global_flow_opts (dict): options of the global flow (default: ``flow_opts`` if the families match).
+        head_output_scale (str or float): ``"fan_in"``, ``"none"`` or a positive factor on the weight
+            of the head's scale half (:class:`~pyro_nfvi.nn.LocScaleHead`'s ``scale_output``).
         name (str): the guide's name in Pyro's param store (default: the class name).
         **flow_opts: options of the local flow layers (e.g. ``hidden=(64,)`` for their hypernetworks).
 
@@ -159,6 +172,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         encoder_activation="elu",
         num_mc_samples=1000,
         global_flow_opts=None,
+        head_output_scale="fan_in",
         name=None,
         **flow_opts,
     ):
@@ -181,6 +195,8 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         self.standardize = standardize
         self.global_init_scale = check_positive("global_init_scale", global_init_scale)
         self.init_loc_fn = init_loc_fn
+        output_scale(head_output_scale, 1)  # refuse a bad value now, not at setup
+        self.head_output_scale = head_output_scale
         self.flow_opts = dict(flow_opts)
         if global_flow_opts is None:
             global_flow_opts = flow_opts if self.global_flow == self.flow_family else {}
@@ -305,14 +321,15 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         with torch.no_grad():
             hidden_dim = encoder(x[:16] if self.input_standardizer is None else self.input_standardizer(x[:16])).shape[-1]
         self.encoder = encoder
-        self.head = LocScaleHead(hidden_dim, self.local_dim, init_scale=self.init_scale).to(self._device, self._dtype)
+        self.head = LocScaleHead(hidden_dim, self.local_dim, init_scale=self.init_scale,
+                                 scale_output=self.head_output_scale).to(self._device, self._dtype)
         stack = build_flow(self.flow_family, self.local_dim, self.num_flows, context_dim=hidden_dim, **self.flow_opts)
         self.flow_stack = stack.to(dtype=self._dtype, device=self._device)
         self.input_dim = x.shape[-1]
         self.hidden_dim = hidden_dim
 
     def _config_fingerprint(self):
-        return {
+        fields = {
             "guide": type(self).__name__,
             "plate": self.plate,
             "flow": self.flow_family,
@@ -325,6 +342,9 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
             "local_sites": [[s.name, list(s.shape)] for s in self._local_packer.specs],
             "global": None if self.global_guide is None else self.global_guide._fingerprint_fields,
         }
+        if self.head_output_scale != "none":  # states saved before the option existed load unchanged
+            fields["head_output_scale"] = jsonable(self.head_output_scale)
+        return fields
 
     def _check_prototype(self, part_trace):
         for name, part_site in part_trace.iter_stochastic_nodes():

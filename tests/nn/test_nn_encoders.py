@@ -46,9 +46,10 @@ def test_mlp_float64():
     assert net(torch.randn(2, 3, dtype=torch.float64)).dtype == torch.float64
 
 
+@pytest.mark.parametrize("scale_output", ["none", "fan_in", 0.5])
 @pytest.mark.parametrize("init_scale", [0.1, 1.0])
-def test_loc_scale_head_init(init_scale):
-    head = LocScaleHead(16, 5, init_scale=init_scale)
+def test_loc_scale_head_init(init_scale, scale_output):
+    head = LocScaleHead(16, 5, init_scale=init_scale, scale_output=scale_output)
     h = torch.randn(100, 16)
     loc, scale_raw = head(h)
     assert loc.shape == scale_raw.shape == (100, 5)
@@ -57,3 +58,36 @@ def test_loc_scale_head_init(init_scale):
     assert loc.std() > 0.05  # the loc half keeps its default initialisation
     loc.sum().backward()
     assert head.linear.weight.grad[:5].abs().sum() > 0
+
+
+def test_loc_scale_head_scale_output_is_the_same_function_at_init_and_slows_adam_on_the_scale_half():
+    h = torch.randn(9, 300)
+    moves = {}
+    for scale_output, c in (("none", 1.0), ("fan_in", 1 / 300)):
+        torch.manual_seed(3)
+        head = LocScaleHead(300, 4, init_scale=0.5, scale_output=scale_output)
+        loc, scale_raw = head(h)
+        if moves:  # the initial effective weight does not depend on scale_output
+            torch.testing.assert_close((loc, scale_raw), first)
+        else:
+            first = (loc.detach(), scale_raw.detach())
+        with torch.no_grad():
+            w = head.linear.weight
+            expected = head.linear.bias + h @ torch.cat([w[:4], c * w[4:]]).T
+            torch.testing.assert_close(torch.cat(head(h), -1), expected)
+        # Adam's first step moves each weight and bias by lr against the sign of its gradient: the
+        # scale half moves by lr * (1 + c * sum_j |h_j|) where the signs agree, the loc half by c = 1
+        optim = torch.optim.Adam(head.parameters(), lr=1e-3)
+        sum(head(h)).sum().backward()
+        sign_s, sign_l = head.linear.weight.grad[4].sign(), head.linear.weight.grad[0].sign()
+        optim.step()
+        with torch.no_grad():
+            loc_after, scale_after = head(h)
+            torch.testing.assert_close(scale_after[:, 0] - first[1][:, 0], -1e-3 * (1 + c * h @ sign_s),
+                                       rtol=1e-3, atol=1e-6)
+            torch.testing.assert_close(loc_after[:, 0] - first[0][:, 0], -1e-3 * (1 + h @ sign_l),
+                                       rtol=1e-3, atol=1e-6)
+        moves[scale_output] = (scale_after - first[1]).abs().max().item()
+    assert moves["none"] > 20 * moves["fan_in"]
+    with pytest.raises(ValueError, match="output_scale"):
+        LocScaleHead(8, 2, scale_output=0.0)
