@@ -88,8 +88,10 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     regression above the unscaled head diverged in 3 of 5 seeds at lr 1e-2 with ``flow="none"``
     (seed 0: the scale went from 0.1 to 50 and then to 1e-24 between steps 10 and 17, then the loss
     was NaN), and coupling, Sylvester and Householder guides in 3, 2 and 1 of 5
-    (``benchmarks/results/amortized_stability_head_none.md``); scaled, see
-    ``benchmarks/results/amortized_stability.md``.  On the MNIST VAE the two heads train alike.
+    (``benchmarks/results/amortized_stability_head_none.md``); scaled, no family but coupling
+    diverged at lr 1e-3, 5e-3 or 1e-2 (coupling: 1 and 2 of 5 at the last two, through its global
+    layers, ``benchmarks/results/amortized_stability.md``).  On the MNIST VAE the two heads train
+    alike.
 
     **What the encoder accepts.**  Real observations as they are; counts (integer tensors, Poisson,
     Binomial) and binary values cast to floats; category ids (``Categorical``, as in Pyro's LDA)
