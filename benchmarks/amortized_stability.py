@@ -100,7 +100,7 @@ def main(args):
                + (f" --head-output-scale {args.head_output_scale}" if args.head_output_scale else ""))
     which = ("the defaults before the fix (init_scale=1.0, raw encoder input)" if args.old_defaults
              else "the defaults (init_scale=0.1, standardised encoder input)")
-    head = args.head_output_scale or "fan_in"
+    head = args.head_output_scale or "sqrt_fan_in"
     which += f" and head_output_scale={head!r}"
     intro = (f"AmortizedFlowGuide with {which} on a subsampled random-effects regression (N={args.n}, batch 100, "
              "data on the scale of hundreds), ClippedAdam(clip_norm=10). Diverged runs out of "
@@ -135,8 +135,8 @@ def parse_args(argv=None):
     parser.add_argument("--factor", type=float, default=30.0,
                         help="a loss above factor x the step-0 loss after step 100 is a divergence")
     parser.add_argument("--old-defaults", action="store_true", help="init_scale=1.0 and standardize=False")
-    parser.add_argument("--head-output-scale", choices=["none", "fan_in"], default=None,
-                        help="the guide's head_output_scale (default: the guide's default, fan_in)")
+    parser.add_argument("--head-output-scale", choices=["none", "sqrt_fan_in", "fan_in"], default=None,
+                        help="the guide's head_output_scale (default: the guide's default, sqrt_fan_in)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return parser.parse_args(argv)
 

@@ -121,8 +121,9 @@ class LocScaleHead(nn.Module):
     Adam moves each of the :math:`H` entries of a row of :math:`W_s` by about ``lr`` per step, so
     ``scale_raw`` moves by about ``c * H * lr``: with ``c = 1`` (``"none"``) 3 per step at lr 1e-2
     and ``H = 300``, enough to throw the softplus from its linear to its exponential side in a few
-    steps; ``"fan_in"`` (``c = 1 / H``) makes it about ``lr`` (see
-    ``pyro_nfvi.transforms.output_scale``).  The loc half is not scaled.
+    steps; ``"fan_in"`` (``c = 1 / H``) makes it about ``lr`` and ``"sqrt_fan_in"``
+    (``c = 1 / sqrt(H)``) about ``sqrt(H) * lr`` (see ``pyro_nfvi.transforms.output_scale``).  The
+    loc half is not scaled.
 
     Reference: Kingma & Welling, *Auto-Encoding Variational Bayes*, ICLR 2014.
 
@@ -131,8 +132,8 @@ class LocScaleHead(nn.Module):
         dim (int): output size ``D``.
         init_scale (float): the initial scale.
         scale_weight_gain (float): multiplies the default initial weight of the scale half.
-        scale_output (float or str): ``"none"`` (1), ``"fan_in"`` (``1 / hidden_dim``) or a positive
-            factor on the scale half's weight.
+        scale_output (float or str): ``"none"`` (1), ``"sqrt_fan_in"`` (``1 / sqrt(hidden_dim)``),
+            ``"fan_in"`` (``1 / hidden_dim``) or a positive factor on the scale half's weight.
 
     Example:
         >>> head = LocScaleHead(8, 3, init_scale=0.5)

