@@ -1,6 +1,7 @@
 """AmortizedFlowGuide's defaults outside VAEs (the amortized-defaults issue): a standardised encoder
 input with statistics fixed at setup and saved with the state, a small initial scale, and clear
 errors for encoder inputs that are not numbers."""
+import functools
 import math
 import warnings
 
@@ -23,12 +24,12 @@ def raw_data(n=N, seed=0):
     return x, z + 2.0 * torch.randn(n, generator=g)
 
 
-def regression(x, y):
+def regression(x, y, subsample_size=BATCH):
     alpha = pyro.sample("alpha", dist.Normal(0.0, 1000.0))
     beta = pyro.sample("beta", dist.Normal(0.0, 10.0).expand([3]).to_event(1))
     tau = pyro.sample("tau", dist.HalfNormal(10.0))
     sigma = pyro.sample("sigma", dist.HalfNormal(10.0))
-    with pyro.plate("data", x.shape[0], subsample_size=BATCH) as idx:
+    with pyro.plate("data", x.shape[0], subsample_size=subsample_size) as idx:
         z = pyro.sample("z", dist.Normal(alpha + x[idx] @ beta, tau))
         pyro.sample("y", dist.Normal(z, sigma), obs=y[idx])
 
@@ -228,15 +229,8 @@ def test_amortized_sylvester_keeps_its_per_point_matrices_well_conditioned():
     assert smallest["fan_in"] > 0.4 and smallest["none"] < 0.1, smallest
 
 
-def regression_batch_100(x, y):
-    """The model of ``benchmarks/amortized_stability.py``: ``regression`` with batches of 100."""
-    alpha = pyro.sample("alpha", dist.Normal(0.0, 1000.0))
-    beta = pyro.sample("beta", dist.Normal(0.0, 10.0).expand([3]).to_event(1))
-    tau = pyro.sample("tau", dist.HalfNormal(10.0))
-    sigma = pyro.sample("sigma", dist.HalfNormal(10.0))
-    with pyro.plate("data", x.shape[0], subsample_size=100) as idx:
-        z = pyro.sample("z", dist.Normal(alpha + x[idx] @ beta, tau))
-        pyro.sample("y", dist.Normal(z, sigma), obs=y[idx])
+#: the model of ``benchmarks/amortized_stability.py``: ``regression`` with batches of 100
+regression_batch_100 = functools.partial(regression, subsample_size=100)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
