@@ -8,7 +8,7 @@ For each model of :data:`pyro_nfvi.targets.bayes.MODELS` (reference draws shippe
   :class:`~pyro_nfvi.AutoFlowGuide` for each family with 8 layers and its other defaults: plain ``SVI`` with
   ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and ``Trace_ELBO(num_particles, vectorized)`` for
   ``--steps`` steps, at every learning rate of ``--lrs``;
-* ``recipe``: the recommended guide (``--recipe-flow``, ``--recipe-num-flows``, ``--recipe-base``) fitted by :func:`pyro_nfvi.fit` with the
+* ``recipe``: the recommended guide (``--recipe-flow``, ``--recipe-num-flows``, ``--recipe-base``, ``--recipe-marginals``) fitted by :func:`pyro_nfvi.fit` with the
   same step budget and the same learning-rate grid (it probes the grid and keeps the best);
   ``recipe`` builds it with ``precondition=False``;
 * ``recipe (precondition)``: the same guide built with ``precondition=True``, whose warm start also
@@ -53,6 +53,7 @@ from pyro.infer.autoguide import (
 )
 
 from pyro_nfvi import AutoFlowGuide, fit
+from pyro_nfvi.guides.auto import MARGINALS
 from pyro_nfvi.evaluation import log_importance_weights, pareto_khat, posterior_error
 from pyro_nfvi.targets.bayes import MODELS
 from pyro_nfvi.targets.reference import load_reference
@@ -78,7 +79,7 @@ def make_guide(name, model, args):
         return PYRO_GUIDES[name](model)
     if name.startswith("recipe"):
         return AutoFlowGuide(model, flow=args.recipe_flow, num_flows=args.recipe_num_flows, base=args.recipe_base,
-                             precondition=name == RECIPE_PRECONDITIONED)
+                             marginals=args.recipe_marginals, precondition=name == RECIPE_PRECONDITIONED)
     return AutoFlowGuide(model, flow=name, num_flows=8)
 
 
@@ -221,7 +222,8 @@ def main(args):
                           f"elbo={row['elbo']:.2f} ({row['seconds']:.1f} s)", flush=True)
     command = (f"python benchmarks/bayes.py --seeds {args.seeds} --recipe-seeds {args.recipe_seeds} --steps {args.steps} --particles {args.particles} "
                f"--lrs {' '.join(map(str, args.lrs))} --estimator {args.estimator} --recipe-flow {args.recipe_flow} "
-               f"--recipe-num-flows {args.recipe_num_flows} --recipe-base {args.recipe_base} --final-lr-fraction {args.final_lr_fraction}"
+               f"--recipe-num-flows {args.recipe_num_flows} --recipe-base {args.recipe_base} --recipe-marginals {args.recipe_marginals} "
+               f"--final-lr-fraction {args.final_lr_fraction}"
                + (f" --models {' '.join(models)}" if args.models else "")
                + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
     intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
@@ -268,6 +270,7 @@ def parse_args(argv=None):
     parser.add_argument("--recipe-flow", default="iaf", help="the recipe's flow family")
     parser.add_argument("--recipe-num-flows", type=int, default=4, help="the recipe's number of layers")
     parser.add_argument("--recipe-base", default="diagonal", help="the recipe's base: diagonal or full")
+    parser.add_argument("--recipe-marginals", default="gaussian", choices=list(MARGINALS), help="the recipe's base marginals")
     parser.add_argument("--final-lr-fraction", type=float, default=inspect.signature(fit).parameters["final_lr_fraction"].default,
                         help="the recipe's learning rate at its last step, as a fraction of the chosen one (default: fit's)")
     parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")

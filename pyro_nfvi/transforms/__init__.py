@@ -1,4 +1,4 @@
-"""Flow transforms: planar, radial, Householder, IAF, Sylvester and affine coupling.
+"""Flow transforms: planar, radial, Householder, IAF, Sylvester and affine coupling (and the elementwise sinh-arcsinh).
 
 Each family is one :class:`~pyro_nfvi.transforms.base.FlowModule` (a Pyro ``TransformModule``)
 that owns its parameters (``context_dim=0``) or predicts them per data point from a context
@@ -12,6 +12,7 @@ from .planar import Planar, planar_uhat
 from .radial import Radial, radial_beta
 from .runs import PlanarRun
 from .stack import FAMILIES, BoundStack, FlowStack, Permute, flow
+from .sinh_arcsinh import SinhArcsinh
 from .sylvester import Sylvester
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Planar",
     "PlanarRun",
     "Radial",
+    "SinhArcsinh",
     "Sylvester",
     "flow",
     "planar_uhat",

@@ -25,6 +25,7 @@ from pyro_nfvi.transforms import (
     Permute,
     Planar,
     Radial,
+    SinhArcsinh,
     Sylvester,
     flow,
 )
@@ -47,6 +48,8 @@ FACTORIES = [
     ("coupling-affine", lambda d, c: AffineCoupling(d, context_dim=c, form="affine")),
     ("coupling-scaled", lambda d, c: AffineCoupling(d, context_dim=c, hidden=(16,), output_scale="fan_in")),
     ("coupling-additive", lambda d, c: AffineCoupling(d, context_dim=c, hidden=(16,), form="additive")),
+    ("sinh-arcsinh", lambda d, c: SinhArcsinh(d, context_dim=c)),
+    ("sinh-arcsinh-hidden", lambda d, c: SinhArcsinh(d, context_dim=c, hidden=(8,) if c else ())),
     ("stack-planar", lambda d, c: flow("planar", d, 2, context_dim=c)),
     ("stack-planar-scaled", lambda d, c: flow("planar", d, 2, context_dim=c, output_scale="fan_in" if c else "none")),
     ("stack-radial", lambda d, c: flow("radial", d, 2, context_dim=c)),
@@ -63,7 +66,7 @@ _MAKERS = dict(FACTORIES)
 #: Cases without an amortized variant (the identity has no parameters).
 OWNED_ONLY = {"stack-none"}
 #: Families whose map is invertible for *any* raw parameters (checked at extreme values).
-ALWAYS_INVERTIBLE = ["planar", "radial", "stack-planar", "stack-radial", "sylvester-orthogonal", "sylvester-triangular"]
+ALWAYS_INVERTIBLE = ["planar", "radial", "sinh-arcsinh", "stack-planar", "stack-radial", "sylvester-orthogonal", "sylvester-triangular"]
 #: The subset checked against an autograd Jacobian at dim 40 (the rest stop at dim 10).
 JACOBIAN_40 = ["planar", "radial", "householder", "iaf", "sylvester-orthogonal", "coupling-affine"]
 BATCH_SHAPES = [(), (7,), (6, 5), (3, 4, 5)]
