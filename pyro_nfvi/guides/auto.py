@@ -188,7 +188,10 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         self._num_flows = check_int("num_flows", num_flows, minimum=0)
         self._init_scale = check_positive("init_scale", init_scale)
         self._base = check_choice("base", base, BASES)
-        self._marginals = check_choice("marginals", marginals, MARGINALS)
+        marginals = check_choice("marginals", marginals, MARGINALS + ("auto",))
+        if marginals == "auto":  # a skewed base under a flow; flow="none" stays the Gaussian baseline
+            marginals = "gaussian" if self._flow_family == "none" else "sinh_arcsinh"
+        self.marginals = marginals
         if not (isinstance(precondition, bool) or (isinstance(precondition, str) and precondition == "auto")):
             raise ValueError(f"precondition must be True, False or 'auto', got {precondition!r}")
         self._precondition_option = precondition
@@ -245,7 +248,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
                     pass
         self.loc = nn.Parameter(loc)
         self.scale_raw = nn.Parameter(torch.full_like(init, inverse_softplus(self._init_scale)))
-        if self._marginals == "sinh_arcsinh":  # the identity at initialisation: loc and scale stand
+        if self.marginals == "sinh_arcsinh":  # the identity at initialisation: loc and scale stand
             self.marginal_flow = SinhArcsinh(self.latent_dim).to(dtype=init.dtype, device=init.device)
         if self._base == "full":
             # the strictly lower triangle of L; its upper triangle and diagonal are never read
@@ -262,7 +265,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
             "flow": self._flow_family,
             "num_flows": self._num_flows,
             "base": self._base,
-            **({"marginals": self._marginals} if self._marginals != "gaussian" else {}),
+            **({"marginals": self.marginals} if self.marginals != "gaussian" else {}),
             **({"precondition": True} if self.precondition else {}),
             **({"decenter": list(self.decentered)} if self.decentered else {}),
             "flow_opts": jsonable(self._flow_opts),
@@ -282,7 +285,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def _base_parameters(self):
         """The parameters of the base: ``loc``, ``scale_raw`` (``scale_tril_raw``, the centeredness, the marginals' skew and tail)."""
         names = ("loc", "scale_raw", "scale_tril_raw") if self._base == "full" else ("loc", "scale_raw")
-        marginals = list(self.marginal_flow.parameters()) if self._marginals != "gaussian" else []
+        marginals = list(self.marginal_flow.parameters()) if self.marginals != "gaussian" else []
         return [getattr(self, n) for n in names + (("centeredness_raw",) if self.decentered else ())] + marginals
 
     def _affine(self):
@@ -305,7 +308,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def _transforms(self, args=(), kwargs=None):
         stack = self.flow_stack
         parts = [self._affine()] + ([stack] if len(stack) else [])
-        if self._marginals != "gaussian":
+        if self.marginals != "gaussian":
             parts.insert(0, self.marginal_flow)
         if self.preconditioner is not None:
             parts.append(self.preconditioner.transform())
@@ -530,7 +533,7 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
     def _latent_quantiles(self, quantiles, args, kwargs):
         self._ensure_setup(args, kwargs)
         q = self._check_quantiles(quantiles, self.loc)
-        if not len(self.flow_stack) and not self.decentered and self._marginals == "gaussian":
+        if not len(self.flow_stack) and not self.decentered and self.marginals == "gaussian":
             loc, scale = self._loc_scale()
             return dist.Normal(loc, scale).icdf(q.unsqueeze(-1))
         # with decentered sites q depends on the model's arguments: the draws are cached per call

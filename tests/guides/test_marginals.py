@@ -89,3 +89,10 @@ def test_marginals_are_part_of_the_configuration(tmp_path):
 def test_bad_marginals_are_refused():
     with pytest.raises(ValueError, match="marginals"):
         AutoFlowGuide(two_sites, marginals="student_t")
+
+
+def test_auto_marginals_skew_a_flow_but_not_the_gaussian_baseline():
+    assert AutoFlowGuide(two_sites, flow="iaf", marginals="auto").marginals == "sinh_arcsinh"
+    assert AutoFlowGuide(two_sites, flow="none", marginals="auto").marginals == "gaussian"
+    assert AutoFlowGuide(two_sites, flow="none", marginals="sinh_arcsinh").marginals == "sinh_arcsinh"
+    assert AutoFlowGuide(two_sites, flow="iaf", marginals="gaussian").marginals == "gaussian"
