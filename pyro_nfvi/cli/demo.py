@@ -43,8 +43,8 @@ def add_parser(subparsers):
         help="eight schools: AutoNormal vs AutoFlowGuide against NUTS; U1 with a planar flow; a report folder",
         description=(
             "The plugin's job in two minutes. (1) Eight schools, centered: Pyro's AutoNormal (SVI, "
-            "ClippedAdam, Trace_ELBO) against AutoFlowGuide fitted by pyro_nfvi.fit (warm start, "
-            "learning-rate probes, IW-ELBO with DReG gradients), each compared with the shipped NUTS "
+            "ClippedAdam, Trace_ELBO) against AutoFlowGuide (sinh-arcsinh marginals, theta decentered) fitted by "
+            "pyro_nfvi.fit (warm start, learning-rate probes, the ELBO), each compared with the shipped NUTS "
             "draws: max |mean error| / NUTS sd and max |sd ratio - 1| (unconstrained scale), PSIS k-hat, "
             "arviz.summary of tau and theta, importance-corrected PSIS-LOO. (2) U1 of Rezende & Mohamed: "
             "AutoFlowGuide(flow='planar') on energy_model('U1') by annealed VI (beta_t = 0.01 + 0.99 "
