@@ -245,7 +245,7 @@ def compare(steps=1000, lr=0.01, flow="iaf", num_flows=4, num_samples=4000, seed
         guide, result, phases = fit_flow(model, *args, flow=flow, num_flows=num_flows, steps=steps,
                                          progress=progress)
         objective = {"dreg": "IW-ELBO with DReG gradients", "stl": "ELBO with STL gradients"}.get(result.estimator, "ELBO")
-        how = (f"pyro_nfvi.fit (SVI): sinh-arcsinh base marginals; warm start of the base ({phases['warm start']} steps), "
+        how = (f"pyro_nfvi.fit (SVI): {guide.marginals} base marginals; warm start of the base ({phases['warm start']} steps), "
                f"{len(result.probe_scores)} learning-rate probes ({phases['probes']} steps) -> lr={result.lr:g}, "
                f"main run ({phases['main run']} steps): ClippedAdam decaying to a tenth, {objective} (8 particles)")
         name = f"AutoFlowGuide({flow}, K={num_flows})"

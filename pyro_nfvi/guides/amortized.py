@@ -133,8 +133,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
         create_plates (callable): as in :class:`~pyro.infer.autoguide.AutoGuide` (may return the data plate).
         encoder_activation (str): activation of the MLP encoder.
         num_mc_samples (int): draws used by ``median``/``quantiles`` when there is a flow.
-        global_flow_opts (dict): options of the global flow (default: ``flow_opts`` if the families match);
-            the global guide's base marginals are Gaussian unless it holds ``marginals``.
+        global_flow_opts (dict): options of the global flow (default: ``flow_opts`` if the families match).
         head_output_scale (str or float): ``"sqrt_fan_in"``, ``"fan_in"``, ``"none"`` or a positive
             factor on the weight of the head's scale half (:class:`~pyro_nfvi.nn.LocScaleHead`'s
             ``scale_output``).
@@ -315,7 +314,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
             init_scale=self.global_init_scale,
             model_args=tuple(args),
             model_kwargs=kwargs,
-            **{"marginals": "gaussian", **self.global_flow_opts},
+            **self.global_flow_opts,
         )
         self.global_guide._nested = True  # this guide carries its state
 

@@ -212,8 +212,7 @@ def fit_energy(
 ):
     r"""Fit an :class:`~pyro_nfvi.guides.AutoFlowGuide` to :math:`p(z) \propto e^{-U(z)}` by annealed VI.
 
-    The guide is ``AutoFlowGuide(energy_model(target, box, wall), flow, num_flows, precondition=False,
-    marginals="gaussian", model_args=())`` (Rezende & Mohamed's Gaussian base)
+    The guide is ``AutoFlowGuide(energy_model(target, box, wall), flow, num_flows, precondition=False, model_args=())``
     started at :math:`\mu = 0`, :math:`\sigma = 1` (``init_to_mean``, ``init_scale=1``).  Each of the
     ``steps`` :class:`~pyro_nfvi.guides.FastSVI` steps draws ``samples`` vectorized particles and
     takes one Adam step on the free energy :math:`\frac1S\sum_s [\log q(z_s) + \beta_t U(z_s)]`
@@ -303,8 +302,7 @@ def fit_energy(
         model = energy_model(target, box, wall)
         # no preconditioner: the annealed run never sets it (it is Laplace whitening for fit's warm start)
         guide = AutoFlowGuide(model, flow=flow, num_flows=num_flows, init_loc_fn=init_to_mean,
-                              init_scale=1.0, precondition=False, model_args=(),
-                              **{"marginals": "gaussian", **(flow_opts or {})})
+                              init_scale=1.0, precondition=False, model_args=(), **(flow_opts or {}))
         initial_bound, _ = estimate_bound(guide, energy, eval_samples, seed)
         elbo = Trace_ELBO(num_particles=samples, vectorize_particles=True, max_plate_nesting=0)
         objective = AnnealedELBO(elbo, schedule=schedule, mode="free_energy")
