@@ -193,11 +193,14 @@ def report_row(path):
             "nuts_samples": nuts["samples"], "nuts_rhat_max": nuts["rhat_max"],
             "nuts_ess_bulk_min": nuts["ess_bulk_min"], "nuts_divergences": nuts["divergences"],
             "nuts_seconds": nuts["seconds"], "nuts_cpu_seconds": nuts.get("cpu_seconds"), "bytes": Path(path).stat().st_size,
-            "settings": SETTINGS.get(info["model"], {})}
+            "settings": SETTINGS.get(info["model"], {}), "command": info.get("command")}
 
 
 def main(args):
     names = args.models or list(MODELS)
+    command = (f"python benchmarks/nuts_reference.py --chains {args.chains} --warmup {args.warmup} "
+               f"--samples {args.samples} --secondary {args.secondary} --max-draws {args.max_draws} --seed {args.seed}"
+               + (" --models " + " ".join(names) if args.models else "") + (" --report-only" if args.report_only else ""))
     rows = []
     for name in names:
         path = Path(args.out) / f"{name}.npz"
@@ -205,29 +208,30 @@ def main(args):
             draws, info = reference(name, args)
             info.update(diagnose(draws))
             kept, step = thin(draws, args.max_draws)
-            info.update(model=name, num_draws=int(next(iter(kept.values())).shape[0]), thin=step)
+            info.update(model=name, num_draws=int(next(iter(kept.values())).shape[0]), thin=step,
+                        command=command.replace(" --models " + " ".join(names), f" --models {name}"))
             save_reference(path, kept, info)
         row = report_row(path)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if row["rhat_max"] >= 1.01:
             print(f"WARNING: {name}: R-hat {row['rhat_max']:.4f} >= 1.01", flush=True)
-    command = (f"python benchmarks/nuts_reference.py --chains {args.chains} --warmup {args.warmup} "
-               f"--samples {args.samples} --secondary {args.secondary} --seed {args.seed}"
-               + (" --models " + " ".join(names) if args.models else ""))
+    made_by = [f"{r['model']}: `{r['command']}`" for r in rows if r.get("command")]
     intro = ("Reference draws (source; split R-hat max, bulk and tail ESS min over the non-constant scalar "
              "components of the reference draws) and the NUTS run on each model itself (chains x (warmup + "
-             "samples), R-hat max, bulk ESS min, divergences, wall seconds of all chains, JIT included).")
+             "samples), R-hat max, bulk ESS min, divergences, wall seconds of all chains, JIT included)."
+             + (" Fixtures made by their own command: " + "; ".join(made_by) + "." if made_by else ""))
     table = ["| model | source | R-hat max | ESS bulk min | ESS tail min | NUTS chains x (warmup + samples) "
-             "| NUTS R-hat max | NUTS ESS bulk min | NUTS divergences | NUTS seconds | NUTS CPU seconds | fixture KB |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| NUTS R-hat max | NUTS ESS bulk min | NUTS divergences | NUTS seconds | NUTS CPU seconds | draws kept "
+             "| fixture KB |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cpu = "-" if r["nuts_cpu_seconds"] is None else f"{r['nuts_cpu_seconds']:.1f}"
         table.append(f"| {r['model']} | {r['source'].split(',')[0].split(':')[0]} | {r['rhat_max']:.4f} "
                      f"| {r['ess_bulk_min']:.0f} | {r['ess_tail_min']:.0f} "
                      f"| {r['nuts_chains']} x ({r['nuts_warmup']} + {r['nuts_samples']}) "
                      f"| {r['nuts_rhat_max']:.4f} | {r['nuts_ess_bulk_min']:.0f} | {r['nuts_divergences']} "
-                     f"| {r['nuts_seconds']:.1f} | {cpu} | {r['bytes'] / 1024:.0f} |")
+                     f"| {r['nuts_seconds']:.1f} | {cpu} | {r['num_draws']} | {r['bytes'] / 1024:.0f} |")
     return write_report(args.results, "nuts_reference", command, rows, "NUTS reference posteriors", intro, table)
 
 

@@ -13,14 +13,21 @@ guide's packed latent draws (their path reaches only the guide's parameters),
 
 .. math:: \sum_i \mathrm{sg}(\tilde w_i) \log w_i + \sum_i \big\langle \mathrm{sg}\big((\tilde w_i^2 - \tilde w_i)\,
           \partial \log w_i / \partial u_i\big),\, u_i \big\rangle .
+
+The second sum takes a backward pass of its own.  When the model has no parameters (and every guide
+site is a path-derivative draw or a ``Delta`` of one), the parameters reach :math:`\log w_i` only
+through :math:`u_i` and the surrogate is Tucker et al.'s :math:`\sum_i \mathrm{sg}(\tilde w_i^2) \log w_i`,
+with one backward pass and the same gradient.
 """
 import math
 
 import torch
+from pyro.distributions import Delta
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_if_enumerated, warn_if_nan
+from torch.distributions import Independent
 
 from ..guides.path import PathDerivative, check_flow_guide, path_derivative
 from ..validation import check_choice, check_int
@@ -37,6 +44,21 @@ def _reduce(t, ndim, keep):
         t = t.reshape((1,) * (ndim - t.dim()) + tuple(t.shape))
     dims = [d for d in range(-t.dim(), 0) if d not in keep]
     return t.sum(dims, keepdim=True) if dims else t
+
+
+def _path_only(model_trace, guide_trace):
+    """Whether the model has no parameters and every guide sample site is a path-derivative draw or a ``Delta``."""
+    if any(site["type"] == "param" for site in model_trace.nodes.values()):
+        return False
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        fn = site["fn"]
+        while isinstance(fn, Independent):
+            fn = fn.base_dist
+        if not isinstance(fn, (PathDerivative, Delta)):
+            return False
+    return True
 
 
 class IW_ELBO(ELBO):
@@ -149,8 +171,12 @@ class IW_ELBO(ELBO):
         return lw, scale
 
     def _particles(self, model, guide, args, kwargs):
-        """``(log w with the particles in dim 0, scale, [per-particle list of path-derivative draws])``."""
-        lws, draws, scale = [], [], 1.0
+        """``(log w with the particles in dim 0, scale, [per-particle list of path-derivative draws], path_only)``.
+
+        ``path_only``: the model has no parameters and every guide site is a path-derivative draw or
+        a ``Delta`` of one, so the weights reach trainable parameters only through the draws.
+        """
+        lws, draws, scale, path_only = [], [], 1.0, True
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             lw, scale = self._log_weights(model_trace, guide_trace)
             if not torch.is_tensor(lw):
@@ -160,19 +186,24 @@ class IW_ELBO(ELBO):
                 site["value"] for site in guide_trace.nodes.values()
                 if site["type"] == "sample" and isinstance(site["fn"], PathDerivative) and site["value"].requires_grad
             ])
+            path_only = path_only and _path_only(model_trace, guide_trace)
         if self.vectorize_particles and self.num_particles > 1:
-            return lws[0], scale, draws
-        return torch.stack(lws), scale, draws
+            return lws[0], scale, draws, path_only
+        return torch.stack(lws), scale, draws, path_only
 
     def _loss_and_surrogate(self, model, guide, args, kwargs):
-        lw, scale, draws = self._particles(model, guide, args, kwargs)
+        lw, scale, draws, path_only = self._particles(model, guide, args, kwargs)
         log_mean = torch.logsumexp(lw.detach(), 0) - math.log(self.num_particles)
         loss = -scale * log_mean.sum()
         if not lw.requires_grad:
             return loss, None
         w = torch.softmax(lw.detach(), 0)
-        surrogate = scale * (w * lw).sum()
         us = [u for particle in draws for u in particle]
+        if self.gradient == "dreg" and us and path_only:
+            # every trainable parameter reaches log w through the draws only: sum_i sg(w_i^2) log w_i
+            # has the DReG gradient in one backward pass (Tucker et al.'s own form)
+            return loss, -scale * (w * w * lw).sum()
+        surrogate = scale * (w * lw).sum()
         if self.gradient == "dreg" and us:
             grads = torch.autograd.grad(lw.sum(), us, retain_graph=True, allow_unused=True)
             coef = scale * (w * w - w)
