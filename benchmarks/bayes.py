@@ -117,11 +117,15 @@ def run(model_name, guide_name, lr, seed, args):
     row["diverged"] = diverged(losses)
     tail = losses[-min(200, len(losses)):]
     row["final_loss"] = sum(tail) / len(tail)
-    row.update(mean_err=math.inf, sd_err=math.inf, khat=math.inf, elbo=-math.inf)
+    row.update(mean_err=math.inf, sd_err=math.inf, khat=math.inf, elbo=-math.inf, mean_err_psis=math.inf, sd_err_psis=math.inf)
     if not row["diverged"]:
         try:
-            err = posterior_error(model, guide, *model_args, reference=load_reference(model_name).draws, num_samples=args.draws)
-            row["mean_err"], row["sd_err"] = err.mean, err.sd
+            reference = load_reference(model_name).draws
+            err = posterior_error(model, guide, *model_args, reference=reference, num_samples=args.draws)
+            row["mean_err"], row["sd_err"], row["sites"] = err.mean, err.sd, err.sites
+            corrected = posterior_error(model, guide, *model_args, reference=reference, num_samples=args.draws,
+                                        importance=True)
+            row["mean_err_psis"], row["sd_err_psis"], row["sites_psis"] = corrected.mean, corrected.sd, corrected.sites
             with torch.no_grad():
                 lw = log_importance_weights(model, guide, *model_args, num_samples=args.draws, plate=False)
             row["khat"] = float(pareto_khat(lw.double()))
@@ -179,6 +183,8 @@ def summarize(rows, model_name, guide_name):
         "mean_err": spread([r["mean_err"] for r in best]),
         "sd_err": spread([r["sd_err"] for r in best]),
         "khat": spread([r["khat"] for r in best]),
+        "mean_err_psis": spread([r["mean_err_psis"] for r in best]) if all("mean_err_psis" in r for r in best) else "-",
+        "sd_err_psis": spread([r["sd_err_psis"] for r in best]) if all("sd_err_psis" in r for r in best) else "-",
         "elbo": statistics.median(r["elbo"] for r in best),
         "seconds": statistics.median(r["seconds"] for r in best),
         "cpu_seconds": statistics.median(r.get("cpu_seconds") or math.nan for r in best),
@@ -219,40 +225,45 @@ def main(args):
                     rows.append(row)
                     print(f"{model_name:26s} {guide_name:30s} lr={row['lr']!s:7s} seed={seed} div={row['diverged']} "
                           f"mean_err={row['mean_err']:.3g} sd_err={row['sd_err']:.3g} khat={row['khat']:.2f} "
+                          f"psis={row['mean_err_psis']:.3g}/{row['sd_err_psis']:.3g} "
                           f"elbo={row['elbo']:.2f} ({row['seconds']:.1f} s)", flush=True)
     command = (f"python benchmarks/bayes.py --seeds {args.seeds} --recipe-seeds {args.recipe_seeds} --steps {args.steps} --particles {args.particles} "
                f"--lrs {' '.join(map(str, args.lrs))} --estimator {args.estimator} --recipe-flow {args.recipe_flow} "
                f"--recipe-num-flows {args.recipe_num_flows} --recipe-base {args.recipe_base} --recipe-marginals {args.recipe_marginals} "
-               f"--final-lr-fraction {args.final_lr_fraction}"
+               f"--final-lr-fraction {args.final_lr_fraction} --draws {args.draws}"
                + (f" --models {' '.join(models)}" if args.models else "")
                + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
     intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
              f"the recipe: {args.recipe_seeds} seeds, it picks its learning rate), then at the best learning rate the worst over "
              "seeds (and the median, in brackets) of max |mean error| / reference sd, max |sd ratio - 1| and PSIS k-hat "
-             "(every scalar component, on the unconstrained scale), the median ELBO and the "
+             "(every scalar component, on the unconstrained scale), the same two errors of the importance-corrected "
+             "posterior (the guide's draws weighted by their Pareto-smoothed importance weights; '-': not measured), "
+             "the median ELBO and the "
              f"median wall time of one fit ({args.steps} steps, {args.particles} particles; the recipe adds its warm "
              "start and probes). NUTS: the wall time of the reference run (chains run one after another). "
              f"Noise floor: what a guide that is exactly the posterior would score, from Monte Carlo error alone "
              f"({args.draws} guide draws against the reference; worst of {args.recipe_seeds} fits, one fit in brackets; "
              "see noise_floor).")
-    table = ["| model | guide | divergences | lr | mean err (sd) | sd err | k-hat | ELBO | seconds | CPU seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| model | guide | divergences | lr | mean err (sd) | sd err | k-hat | mean err, PSIS | sd err, PSIS | ELBO "
+             "| seconds | CPU seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model_name in models:
         info = load_reference(model_name).info
         nuts = info.get("nuts", {})
         cpu = nuts.get("cpu_seconds")
-        table.append(f"| {model_name} | NUTS ({info.get('source', '?')}) | {nuts.get('divergences', '-')} | - | 0 | 0 | - | - | "
+        table.append(f"| {model_name} | NUTS ({info.get('source', '?')}) | {nuts.get('divergences', '-')} | - | 0 | 0 | - | - | - | - | "
                      f"{nuts.get('seconds', float('nan')):.1f} | {'-' if cpu is None else f'{cpu:.1f}'} |")
         floor = noise_floor(model_name, args.draws, args.recipe_seeds)
         table.append(f"| {model_name} | the exact posterior: noise floor ({floor['dim']} components, reference ESS "
                      f"{floor['ess']:.0f}, largest kurtosis {floor['kurtosis']:.0f}) | - | - | {floor['mean'][0]:.2f} ({floor['mean'][1]:.2f}) | "
-                     f"{floor['sd'][0]:.2f} ({floor['sd'][1]:.2f}) | - | - | - | - |")
+                     f"{floor['sd'][0]:.2f} ({floor['sd'][1]:.2f}) | - | - | - | - | - | - |")
         for guide_name in guides:
             if not any(r["model"] == model_name and r["guide"] == guide_name for r in rows):
                 continue  # a guide run on some models only (e.g. a merged report)
             s = summarize(rows, model_name, guide_name)
             table.append(f"| {model_name} | {guide_name} | {s['divergences']} | {s['lr']} | {s['mean_err']} | "
-                         f"{s['sd_err']} | {s['khat']} | {s['elbo']:.2f} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} |")
+                         f"{s['sd_err']} | {s['khat']} | {s['mean_err_psis']} | {s['sd_err_psis']} | {s['elbo']:.2f} "
+                         f"| {s['seconds']:.1f} | {s['cpu_seconds']:.1f} |")
     return write_report(args.out, args.name, command, rows, "Posterior accuracy against NUTS", intro, table)
 
 
