@@ -253,7 +253,8 @@ def test_public_names_stay_where_they_were_exported():
     import pyro_nfvi.diagnostics.arviz as arviz_module
     from pyro_nfvi.evaluation import psis
 
-    assert set(diagnostics.__all__) == {"loo", "plot_marginals", "psislw", "reference_inference_data", "to_inference_data"}
+    assert set(diagnostics.__all__) == {"importance_resample", "loo", "plot_marginals", "psislw", "reference_inference_data",
+                                        "to_inference_data"}
     assert diagnostics.psislw is arviz_module.psislw is psis.psislw
     assert diagnostics.loo is arviz_module.loo and diagnostics.to_inference_data is arviz_module.to_inference_data
 
