@@ -70,7 +70,8 @@ def test_demo_smoke_writes_every_report_file(capsys, tmp_path):
 
     summary = (out / "summary.md").read_text()
     for text in ("# nfvi demo", "- command: `nfvi demo --out", "- date: 20", "- machine: ", "- wall time: ",
-                 "| guide | SVI steps | seconds | mean error (sd) | sd error | PSIS k-hat | elpd_loo ± se |",
+                 "| guide | SVI steps | seconds | mean error (sd) | sd error | PSIS k-hat | PSIS-corrected mean / sd error "
+                 "| elpd_loo ± se |",
                  "| AutoNormal | 10 |", "| NUTS (reference) |", "Which is closer to NUTS:",
                  "| variable | NUTS: mean ± sd [94% HDI] |", "| tau |", "![tau's posterior](tau.png)",
                  "## 2. U1 of Rezende & Mohamed", "| U1 | planar | 2 | 10 | 8 |", "(u1.png)",

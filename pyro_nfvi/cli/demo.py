@@ -4,7 +4,7 @@ Two parts, both by default (``--only`` picks one), each with a tqdm progress bar
 
 1. **eight schools**, centered (:mod:`pyro_nfvi.cli.eight_schools`): Pyro's ``AutoNormal`` under
    plain ``SVI`` against ``AutoFlowGuide`` under the recommended recipe :func:`pyro_nfvi.fit`, each
-   compared with the shipped NUTS draws: moment errors, PSIS k-hat, ``arviz.summary`` of tau and
+   compared with the shipped NUTS draws: moment errors (raw and importance-corrected), PSIS k-hat, ``arviz.summary`` of tau and
    theta, and the importance-corrected PSIS-LOO next to NUTS's;
 2. **U1** of Rezende & Mohamed (2015) (:func:`pyro_nfvi.targets.fit_energy`): ``AutoFlowGuide(flow=
    "planar")`` on ``energy_model("U1")`` by annealed VI, with the bound, the grid log Z and their gap
@@ -147,16 +147,18 @@ def _posterior_table(result, var_names=("mu", "tau", "theta")):
 
 
 def _guide_table(result):
-    """Per guide (and NUTS): steps, seconds, moment errors, PSIS k-hat and PSIS-LOO."""
+    """Per guide (and NUTS): steps, seconds, moment errors, PSIS k-hat, the importance-corrected errors and PSIS-LOO."""
     nuts = result.nuts_info.get("nuts") or {}
     seconds = nuts.get("seconds")
-    rows = [["NUTS (reference)", "-", "-" if seconds is None else f"{seconds:.0f}", "0", "0", "-",
+    rows = [["NUTS (reference)", "-", "-" if seconds is None else f"{seconds:.0f}", "0", "0", "-", "-",
              f"{result.nuts_loo.elpd_loo:.2f} ± {result.nuts_loo.se:.2f}", _f(result.nuts_loo.p_loo),
              _f(float(result.nuts_loo.pareto_k.max()))]]
     for g in result.guides:
-        rows.append([g.name, str(g.steps), f"{g.seconds:.1f}", _f(g.error.mean), _f(g.error.sd), _f(g.khat),
+        psis = "-" if g.corrected is None else f"{_f(g.corrected.mean)} / {_f(g.corrected.sd)}"
+        rows.append([g.name, str(g.steps), f"{g.seconds:.1f}", _f(g.error.mean), _f(g.error.sd), _f(g.khat), psis,
                      f"{g.loo.elpd_loo:.2f} ± {g.loo.se:.2f}", _f(g.loo.p_loo), _f(float(g.loo.pareto_k.max()))])
-    header = ["guide", "SVI steps", "seconds", "mean error (sd)", "sd error", "PSIS k-hat", "elpd_loo ± se",
+    header = ["guide", "SVI steps", "seconds", "mean error (sd)", "sd error", "PSIS k-hat",
+              "PSIS-corrected mean / sd error", "elpd_loo ± se",
               "p_loo", "max Pareto k (LOO)"]
     return Table(header, rows)
 

@@ -74,6 +74,8 @@ class GuideReport:
         loo (arviz.ELPDData): the importance-corrected PSIS-LOO.
         idata (arviz.InferenceData): the guide's draws (:func:`~pyro_nfvi.diagnostics.to_inference_data`).
         guide: the fitted guide.
+        corrected (pyro_nfvi.evaluation.PosteriorError): the same errors of the importance-corrected
+            posterior (the draws weighted by their Pareto-smoothed importance weights).
     """
 
     name: str
@@ -85,6 +87,7 @@ class GuideReport:
     loo: object
     idata: object = field(repr=False)
     guide: object = field(repr=False)
+    corrected: object = None
 
 
 @dataclass
@@ -197,11 +200,13 @@ def evaluate(name, how, steps, seconds, model, guide, *args, reference, num_samp
     """A :class:`GuideReport` of a fitted ``guide``: ``num_samples`` draws against the ``reference`` draws."""
     idata = to_inference_data(model, guide, *args, num_samples=num_samples)
     error = posterior_error(model, guide, *args, reference=reference, num_samples=num_samples)
+    corrected_error = posterior_error(model, guide, *args, reference=reference, num_samples=num_samples, importance=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # arviz's high-k warning: the k-hats are in the report
         corrected = loo(idata)
     return GuideReport(name=name, how=how, steps=steps, seconds=seconds, error=error,
-                       khat=float(idata.sample_stats.attrs["khat"]), loo=corrected, idata=idata, guide=guide)
+                       khat=float(idata.sample_stats.attrs["khat"]), loo=corrected, idata=idata, guide=guide,
+                       corrected=corrected_error)
 
 
 def compare(steps=1000, lr=0.01, flow="iaf", num_flows=4, num_samples=4000, seed=0, device="cpu", progress=True):
