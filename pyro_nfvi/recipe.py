@@ -27,7 +27,11 @@ Sheldon & Domke 2020; Agrawal & Domke 2024; Welandawe et al. 2022):
    ``decenter``), where it is ``"elbo"`` too: decentered, the centered eight schools is the
    non-centered one, and DReG's ``q`` over-spread its tails there (sd error of theta 1.2-4.9 at
    1000 steps, 0.2-0.5 at 2000, against 0.3 for the ELBO); ``"stl"`` (sticking the landing), ``"dreg"``, ``"elbo"``
-   (:class:`~pyro.infer.Trace_ELBO`) or any Pyro ELBO instance force a choice;
+   (:class:`~pyro.infer.Trace_ELBO`) or any Pyro ELBO instance force a choice.  A DReG-trained ``q``
+   is an importance-sampling proposal: weighted by its importance weights
+   (:func:`pyro_nfvi.diagnostics.importance_resample`) it is closer to the posterior than on its own
+   (on the hierarchical regression of ``benchmarks/bayes.py`` the worst mean error over 5 fits fell
+   from 0.12 to 0.03 posterior sd);
 5. **a guard** -- the optimiser is a ``pyro_nfvi.guides.guard.GuardedOptim``: a step whose
    gradients are not finite is skipped (parameters and Adam's moments unchanged), and after
    ``max_skips`` consecutive skips a ``FloatingPointError`` names the step, the first parameter
