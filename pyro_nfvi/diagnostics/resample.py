@@ -42,8 +42,8 @@ def importance_resample(idata, num_samples=None, seed=None):
     PSIS smooths and normalises the weights to :math:`\tilde w_s`, and systematic resampling
     (Kitagawa 1996) keeps draw :math:`s` either :math:`\lfloor M \tilde w_s \rfloor` or
     :math:`\lceil M \tilde w_s \rceil` times; the kept draws are shuffled.  The groups
-    :data:`RESAMPLED_GROUPS` are resampled together (a draw keeps its predictive draw and
-    log likelihood); ``sample_stats.log_weight`` becomes 0 (the new draws stand for the corrected
+    ``posterior``, ``posterior_predictive`` and ``log_likelihood`` are resampled together (a draw
+    keeps its predictive draw and log likelihood); ``sample_stats.log_weight`` becomes 0 (the new draws stand for the corrected
     posterior, so :func:`~pyro_nfvi.diagnostics.loo` treats them as posterior draws), and its
     attributes hold the weights' ``khat`` (trust the result for :math:`\hat k < 0.7`), their
     effective sample size ``ess`` = :math:`1 / \sum_s \tilde w_s^2` (repeated draws carry no new
