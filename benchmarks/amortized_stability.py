@@ -21,6 +21,7 @@ Usage::
     python benchmarks/amortized_stability.py --seeds 1 --steps 105 --families none --out /tmp/s  # a smoke run
 """
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -56,13 +57,14 @@ def model(x, y, subsample_size=100):
         pyro.sample("y", dist.Normal(z, sigma), obs=y[idx])
 
 
-def run(family, lr, seed, steps, factor, num_flows, old_defaults, n, head_output_scale=None):
+def run(family, lr, seed, steps, factor, num_flows, old_defaults, n, head_output_scale=None, flow_opts=None):
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     x, y = regression_data(n)
     opts = {"init_scale": 1.0, "standardize": False} if old_defaults else {}
     if head_output_scale is not None:
         opts["head_output_scale"] = head_output_scale
+    opts.update(flow_opts or {})
     guide = AmortizedFlowGuide(model, plate="data", flow=family, num_flows=num_flows, **opts)
     svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": lr, "clip_norm": 10.0}), Trace_ELBO())
     start, losses, error = time.perf_counter(), [], None
@@ -90,18 +92,20 @@ def main(args):
         for lr in args.lrs:
             for seed in range(args.seeds):
                 row = run(family, lr, seed, args.steps, args.factor, args.num_flows, args.old_defaults, args.n,
-                          args.head_output_scale)
+                          args.head_output_scale, json.loads(args.flow_opts) if args.flow_opts else None)
                 rows.append(row)
                 print(f"{family:9s} lr={lr:<7g} seed={seed} diverged_at={row['diverged_at']} "
                       f"final={row['final_loss_mean']:.4g} ({row['seconds']:.0f} s)", flush=True)
     command = (f"python benchmarks/amortized_stability.py --seeds {args.seeds} --steps {args.steps} --num-flows "
                f"{args.num_flows} --families {' '.join(args.families)} --lrs {' '.join(map(str, args.lrs))}"
                + (" --old-defaults" if args.old_defaults else "")
-               + (f" --head-output-scale {args.head_output_scale}" if args.head_output_scale else ""))
+               + (f" --head-output-scale {args.head_output_scale}" if args.head_output_scale else "")
+               + (f" --flow-opts '{args.flow_opts}'" if args.flow_opts else "")
+               + (f" --name {args.name}" if args.name else ""))
     which = ("the defaults before the fix (init_scale=1.0, raw encoder input)" if args.old_defaults
              else "the defaults (init_scale=0.1, standardised encoder input)")
     head = args.head_output_scale or "sqrt_fan_in"
-    which += f" and head_output_scale={head!r}"
+    which += f" and head_output_scale={head!r}" + (f", flow options {args.flow_opts}" if args.flow_opts else "")
     intro = (f"AmortizedFlowGuide with {which} on a subsampled random-effects regression (N={args.n}, batch 100, "
              "data on the scale of hundreds), ClippedAdam(clip_norm=10). Diverged runs out of "
              f"{args.seeds} seeds (a non-finite loss, or a loss above {args.factor:g} x the step-0 loss after "
@@ -118,6 +122,8 @@ def main(args):
     name = "amortized_stability_old" if args.old_defaults else "amortized_stability"
     if args.head_output_scale is not None:
         name += f"_head_{args.head_output_scale}"
+    if args.name:
+        name = args.name
     title = "AmortizedFlowGuide divergences on a subsampled hierarchical model" + (" (old defaults)" if args.old_defaults else "")
     if args.head_output_scale == "none":
         title += " (unscaled loc/scale head)"
@@ -137,6 +143,8 @@ def parse_args(argv=None):
     parser.add_argument("--old-defaults", action="store_true", help="init_scale=1.0 and standardize=False")
     parser.add_argument("--head-output-scale", choices=["none", "sqrt_fan_in", "fan_in"], default=None,
                         help="the guide's head_output_scale (default: the guide's default, sqrt_fan_in)")
+    parser.add_argument("--flow-opts", default=None, help="extra AmortizedFlowGuide options as JSON, e.g. '{\"stable\": true}'")
+    parser.add_argument("--name", default=None, help="the report's file stem (default from the options)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return parser.parse_args(argv)
 
