@@ -85,8 +85,12 @@ def importance_resample(idata, num_samples=None, seed=None):
     lw = idata.sample_stats["log_weight"]
     lw = lw.sum([d for d in lw.dims if d not in ("chain", "draw")]).transpose("chain", "draw")
     lw = lw.values.astype(np.float64).reshape(-1)
-    if not np.isfinite(lw).all():
-        raise ValueError(f"importance_resample: {int((~np.isfinite(lw)).sum())} of {lw.size} log weights are not finite")
+    bad = np.isnan(lw) | (lw == np.inf)
+    if bad.any():  # -inf is a draw of zero posterior density: weight 0, fine
+        raise ValueError(f"importance_resample: {int(bad.sum())} of {lw.size} log weights are NaN or +inf")
+    if not np.isfinite(lw).any():
+        raise ValueError("importance_resample: every draw has zero weight (log weight -inf); the guide "
+                         "puts no mass where the model has density")
     num_samples = lw.size if num_samples is None else check_int("num_samples", num_samples)
     smoothed, khat = psislw(lw)
     weights = np.exp(smoothed)

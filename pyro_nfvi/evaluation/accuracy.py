@@ -10,6 +10,7 @@ With ``importance=True`` the guide's draws are weighted by their Pareto-smoothed
 the moments of the importance-corrected posterior, which is what a guide trained as a proposal
 (``IW_ELBO``, DReG) is for.
 """
+import math
 from typing import NamedTuple
 
 import pyro
@@ -81,7 +82,12 @@ def posterior_error(model, guide, *args, reference, num_samples=4000, importance
     weights = khat = ess = None
     if importance:
         model_trace, guide_trace = vectorized_traces(model, guide, num_samples, depth, args, kwargs)
-        smoothed, khat = psislw(log_weights_from_traces(model_trace, guide_trace, depth).double().cpu().numpy())
+        log_weights = log_weights_from_traces(model_trace, guide_trace, depth).double()
+        bad = int((torch.isnan(log_weights) | (log_weights == math.inf)).sum())
+        if bad or not bool(torch.isfinite(log_weights).any()):
+            raise ValueError(f"posterior_error(importance=True): {bad or num_samples} of {num_samples} log importance "
+                             "weights are NaN, +inf or all -inf; the guide and the model disagree on the support")
+        smoothed, khat = psislw(log_weights.cpu().numpy())
         weights = torch.as_tensor(smoothed, dtype=torch.float64).exp()
         khat, ess = float(khat), float(1.0 / (weights**2).sum())
     else:

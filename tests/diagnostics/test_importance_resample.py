@@ -98,5 +98,16 @@ def test_clear_errors(idata):
         importance_resample(idata, num_samples=0)
     broken = idata.copy()
     broken.sample_stats["log_weight"][0, 3] = np.nan
-    with pytest.raises(ValueError, match="1 of 8000 log weights are not finite"):
+    with pytest.raises(ValueError, match="1 of 8000 log weights are NaN or"):
         importance_resample(broken)
+    zero = az.from_dict(posterior={"i": np.arange(4)[None]}, sample_stats={"log_weight": np.full((1, 4), -np.inf)})
+    with pytest.raises(ValueError, match="zero weight"):
+        importance_resample(zero)
+
+
+def test_draws_of_zero_density_are_never_kept():
+    lw = np.random.default_rng(1).normal(size=500)
+    lw[::7] = -np.inf  # e.g. a draw outside the model's support
+    idata = az.from_dict(posterior={"i": np.arange(500)[None]}, sample_stats={"log_weight": lw[None]})
+    picked = importance_resample(idata, seed=0).posterior["i"].values.ravel()
+    assert picked.size == 500 and not np.isin(picked, np.arange(0, 500, 7)).any()

@@ -77,6 +77,16 @@ def test_clear_errors():
     def mu_guide(y):
         pyro.sample("mu", dist.Normal(POST_LOC, POST_SD))
 
+    def outside_support(y):  # a guide that puts mu where the model has zero density
+        pyro.sample("mu", dist.Normal(-5.0, 1.0))
+
+    def positive_model(y):
+        pyro.sample("mu", dist.Uniform(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="support"):  # Pyro's validation names it first
+        posterior_error(positive_model, outside_support, Y, reference={"mu": torch.rand(100)}, importance=True)
+    with pyro.validation_enabled(False), pytest.raises(ValueError, match="NaN, \\+inf or all -inf"):
+        posterior_error(positive_model, outside_support, Y, reference={"mu": torch.rand(100)}, importance=True)
     with pytest.raises(ValueError, match="subsampled"):
         posterior_error(subsampled, mu_guide, Y, reference={"mu": reference()["mu"]}, importance=True)
     assert math.isfinite(posterior_error(subsampled, mu_guide, Y, reference={"mu": reference()["mu"]}).mean)
