@@ -122,10 +122,11 @@ def run(model_name, guide_name, lr, seed, args):
         try:
             reference = load_reference(model_name).draws
             err = posterior_error(model, guide, *model_args, reference=reference, num_samples=args.draws)
-            row["mean_err"], row["sd_err"], row["sites"] = err.mean, err.sd, err.sites
+            row["mean_err"], row["sd_err"], row["sites"] = err.mean, err.sd, {k: list(v) for k, v in err.sites.items()}
             corrected = posterior_error(model, guide, *model_args, reference=reference, num_samples=args.draws,
                                         importance=True)
-            row["mean_err_psis"], row["sd_err_psis"], row["sites_psis"] = corrected.mean, corrected.sd, corrected.sites
+            row["mean_err_psis"], row["sd_err_psis"] = corrected.mean, corrected.sd
+            row["sites_psis"] = {k: list(v) for k, v in corrected.sites.items()}
             with torch.no_grad():
                 lw = log_importance_weights(model, guide, *model_args, num_samples=args.draws, plate=False)
             row["khat"] = float(pareto_khat(lw.double()))
