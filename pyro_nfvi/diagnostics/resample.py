@@ -12,7 +12,7 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-from ..evaluation.psis import psislw
+from ..evaluation.psis import check_log_weights, psislw
 from ..validation import check_int
 
 __all__ = ["RESAMPLED_GROUPS", "importance_resample"]
@@ -85,12 +85,7 @@ def importance_resample(idata, num_samples=None, seed=None):
     lw = idata.sample_stats["log_weight"]
     lw = lw.sum([d for d in lw.dims if d not in ("chain", "draw")]).transpose("chain", "draw")
     lw = lw.values.astype(np.float64).reshape(-1)
-    bad = np.isnan(lw) | (lw == np.inf)
-    if bad.any():  # -inf is a draw of zero posterior density: weight 0, fine
-        raise ValueError(f"importance_resample: {int(bad.sum())} of {lw.size} log weights are NaN or +inf")
-    if not np.isfinite(lw).any():
-        raise ValueError("importance_resample: every draw has zero weight (log weight -inf); the guide "
-                         "puts no mass where the model has density")
+    check_log_weights("importance_resample", lw)
     num_samples = lw.size if num_samples is None else check_int("num_samples", num_samples)
     smoothed, khat = psislw(lw)
     weights = np.exp(smoothed)

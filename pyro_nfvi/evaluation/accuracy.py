@@ -10,7 +10,6 @@ With ``importance=True`` the guide's draws are weighted by their Pareto-smoothed
 the moments of the importance-corrected posterior, which is what a guide trained as a proposal
 (``IW_ELBO``, DReG) is for.
 """
-import math
 from typing import NamedTuple
 
 import pyro
@@ -18,7 +17,7 @@ import torch
 from torch.distributions import biject_to
 
 from ..validation import check_int
-from .psis import MIN_PSIS_DRAWS, psislw
+from .psis import check_log_weights, check_psis_draws, psislw
 from .traces import log_weights_from_traces, max_plate_nesting, vectorized_traces
 
 __all__ = ["PosteriorError", "posterior_error"]
@@ -71,7 +70,10 @@ def posterior_error(model, guide, *args, reference, num_samples=4000, importance
         >>> corrected.mean < 0.1, corrected.khat < 0.7
         (True, True)
     """
-    check_int("num_samples", num_samples, minimum=MIN_PSIS_DRAWS if importance else 2)
+    if importance:
+        check_psis_draws("num_samples", num_samples)
+    else:
+        check_int("num_samples", num_samples, minimum=2)
     if not isinstance(reference, dict) or not reference:
         raise ValueError("reference must be a non-empty dict {site: draws}")
     trace = pyro.poutine.trace(model).get_trace(*args, **kwargs)
@@ -83,10 +85,7 @@ def posterior_error(model, guide, *args, reference, num_samples=4000, importance
     if importance:
         model_trace, guide_trace = vectorized_traces(model, guide, num_samples, depth, args, kwargs)
         log_weights = log_weights_from_traces(model_trace, guide_trace, depth).double()
-        bad = int((torch.isnan(log_weights) | (log_weights == math.inf)).sum())
-        if bad or not bool(torch.isfinite(log_weights).any()):
-            raise ValueError(f"posterior_error(importance=True): {bad or num_samples} of {num_samples} log importance "
-                             "weights are NaN, +inf or all -inf; the guide and the model disagree on the support")
+        check_log_weights("posterior_error(importance=True)", log_weights.cpu().numpy())
         smoothed, khat = psislw(log_weights.cpu().numpy())
         weights = torch.as_tensor(smoothed, dtype=torch.float64).exp()
         khat, ess = float(khat), float(1.0 / (weights**2).sum())

@@ -25,10 +25,32 @@ import torch
 
 from ..validation import check_int, check_positive
 
-__all__ = ["MIN_PSIS_DRAWS", "check_psis_draws", "pareto_khat", "psislw"]
+__all__ = ["MIN_PSIS_DRAWS", "check_log_weights", "check_psis_draws", "pareto_khat", "psislw"]
 
 #: The fewest draws for which ``arviz.psislw`` fits a Pareto tail (``ceil(S / 5) >= 5`` tail draws).
 MIN_PSIS_DRAWS = 21
+
+
+def check_log_weights(caller, log_weights):
+    """Raise ``ValueError`` (naming ``caller``) if a log weight is NaN or +inf, or every one is -inf.
+
+    A log weight of -inf is a draw of zero posterior density (e.g. outside the model's support):
+    weight 0, which PSIS handles.
+
+    Example:
+        >>> check_log_weights("f", np.array([0.0, -np.inf]))
+        >>> check_log_weights("f", np.array([0.0, np.nan]))
+        Traceback (most recent call last):
+            ...
+        ValueError: f: 1 of 2 log weights are NaN or +inf (NaN, +inf or all -inf weights: the guide and the model disagree on the support)
+    """
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    why = "(NaN, +inf or all -inf weights: the guide and the model disagree on the support)"
+    bad = int((np.isnan(log_weights) | (log_weights == np.inf)).sum())
+    if bad:
+        raise ValueError(f"{caller}: {bad} of {log_weights.size} log weights are NaN or +inf {why}")
+    if not np.isfinite(log_weights).any():
+        raise ValueError(f"{caller}: every draw has zero weight (log weight -inf) {why}")
 
 
 def check_psis_draws(name, value):
