@@ -8,7 +8,9 @@ itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the
 :math:`\log q(u) = \log p_0(\varepsilon) - \log|\det \partial T/\partial\varepsilon|`,
 
 * :math:`a = \partial\,lq / \partial\varepsilon` and :math:`J = \partial u / \partial\varepsilon`
-  (``D`` batched vector-Jacobian products, with a loop as fallback);
+  (the product of the maps' closed-form Jacobians, ``pyro_nfvi.transforms.jacobian.chain_jacobian``,
+  where every map has one -- the affine base, IAF, sinh-arcsinh, permutations, the preconditioner;
+  otherwise ``D`` batched vector-Jacobian products);
 * :math:`g = J^{-\top} a = \nabla_u \log q_{\bar\theta}(u)` (one ``D x D`` solve per draw);
 * the surrogate :math:`\mathrm{sg}(lq) + \langle u - \mathrm{sg}(u), \mathrm{sg}(g)\rangle`, whose value
   is ``log q`` and whose gradient w.r.t. every parameter is the path gradient
@@ -17,7 +19,8 @@ itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the
 :class:`PathDerivative` wraps a guide's posterior of the packed latent with this ``log_prob``;
 :func:`path_derivative` turns it on for one guide object for the duration of a ``with`` block (the
 guides route their auxiliary site through :func:`path_posterior`, which returns the posterior
-unchanged otherwise).  Cost per draw: ``D`` backward passes through the flow and an ``O(D^3)`` solve.
+unchanged otherwise).  Cost per draw: one backward pass, the Jacobian (closed forms, or ``D``
+backward passes through the flow) and an ``O(D^3)`` solve.
 
 References: Roeder, Wu & Duvenaud, *Sticking the landing*, NeurIPS 2017; Tucker et al., *Doubly
 reparameterized gradient estimators for Monte Carlo objectives*, ICLR 2019; Vaitl, Nicoli, Nakajima
@@ -30,47 +33,25 @@ import torch
 from pyro.distributions import TorchDistribution, TransformedDistribution
 from pyro.distributions.util import sum_rightmost
 
+from ..transforms.jacobian import autograd_jacobian, chain_jacobian
 from .base import FlowGuide
 
-__all__ = ["PathDerivative", "check_flow_guide", "latent_jacobian", "path_derivative", "path_posterior", "uses_path_derivative"]
+__all__ = ["PathDerivative", "check_flow_guide", "path_derivative", "path_posterior", "uses_path_derivative"]
 
 _FLAG = "_path_derivative"
 
 
-def latent_jacobian(u, x):
-    r"""The per-draw Jacobian :math:`J_{\dots kj} = \partial u_{\dots k} / \partial x_{\dots j}`, shape ``(..., D, D)``.
-
-    ``u`` must be computed from ``x`` draw by draw (row ``...`` of ``u`` depends on row ``...`` of
-    ``x`` only); the graph is retained.
-
-    Example:
-        >>> x = torch.randn(4, 3, requires_grad=True)
-        >>> J = latent_jacobian(2.0 * x + x.sum(-1, keepdim=True), x)
-        >>> J.shape, bool(torch.allclose(J[0], 2.0 * torch.eye(3) + 1.0))
-        (torch.Size([4, 3, 3]), True)
-    """
-    d = u.shape[-1]
-    eye = torch.eye(d, dtype=u.dtype, device=u.device)
-    seeds = eye.reshape((d,) + (1,) * (u.dim() - 1) + (d,)).expand((d,) + tuple(u.shape))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # vmap's "no batching rule, falling back" notices
-            (rows,) = torch.autograd.grad(u, x, grad_outputs=seeds, retain_graph=True, is_grads_batched=True)
-    except (RuntimeError, NotImplementedError):
-        rows = torch.stack([torch.autograd.grad(u, x, grad_outputs=s, retain_graph=True)[0] for s in seeds])
-    return rows.movedim(0, -2)
-
-
 def _push(base, transforms, x):
-    """``(T(x), log p0(x) - log|det dT/dx|)`` with the log density per draw (event dims summed)."""
+    """``(T(x), log p0(x) - log|det dT/dx|, inputs)``: the log density per draw (event dims summed) and each transform's input."""
     lq = base.log_prob(x)
-    y = x
+    y, inputs = x, []
     for t in transforms:
+        inputs.append(y)
         z = t(y)
         ld = t.log_abs_det_jacobian(y, z)
         lq = lq - sum_rightmost(ld, ld.dim() - (z.dim() - 1))
         y = z
-    return y, lq
+    return y, lq, inputs
 
 
 class PathDerivative(TorchDistribution):
@@ -140,10 +121,15 @@ class PathDerivative(TorchDistribution):
             x = x.detach().requires_grad_()
         if x.shape != shape:
             x = x.expand(shape).clone()
-        u, lq = _push(base, transforms, x)
+        u, lq, inputs = _push(base, transforms, x)
         (a,) = torch.autograd.grad(lq.sum(), x, retain_graph=True)
-        jac = latent_jacobian(u, x)
-        g = torch.linalg.solve(jac.transpose(-1, -2), a.unsqueeze(-1)).squeeze(-1)
+        if not transforms:
+            g = a
+        else:
+            jac = chain_jacobian(transforms, inputs)
+            if jac is None:  # a map without a closed-form Jacobian: D vector-Jacobian products
+                jac = autograd_jacobian(u, x)
+            g = torch.linalg.solve(jac.transpose(-1, -2), a.unsqueeze(-1)).squeeze(-1)
         surrogate = lq.detach() + ((u - u.detach()) * g.detach()).sum(-1)
         self._draw = (u, surrogate)
         return u

@@ -112,6 +112,13 @@ class FlowTransform(Transform):
         """Return ``(x, log|det df/dx|)`` with ``f(x) = y``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
+    def forward_and_jacobian(self, x):
+        """``(f(x), df/dx)`` with the Jacobian of each draw, shape ``(..., D, D)``, in closed form; ``None`` where there is none.
+
+        Constants (no graph): the path-derivative ``log q`` uses them (``pyro_nfvi.transforms.jacobian``).
+        """
+        return None
+
     # -- caching, in one place ------------------------------------------------------------------
     def _stamp(self):
         """A value that changes whenever a parameter changes in place or is replaced (modules override)."""
@@ -270,6 +277,10 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
     def _inverse(self, y, p):
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
+    def _forward_jacobian(self, x, p):
+        """``(y, dy/dx)``, the Jacobian per draw ``(..., D, D)`` in closed form; ``None`` (the default) for a family without one."""
+        return None
+
     # -- parameters ---------------------------------------------------------------------------------
     def _build_params(self, hidden=(), output_scale="none"):
         """Create owned parameters or the hypernetwork; families call this at the end of __init__.
@@ -371,6 +382,10 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
     def inverse_and_log_det(self, y):
         return self._inverse(y, self.params())
 
+    @torch.no_grad()
+    def forward_and_jacobian(self, x):
+        return self._forward_jacobian(x, self.params())
+
     def bind(self, raw):
         """Return the transform with the given raw parameters (as produced by :meth:`raw_params`).
 
@@ -425,6 +440,10 @@ class ConditionedFlow(FlowTransform):
 
     def inverse_and_log_det(self, y):
         return self.module._inverse(y, self.bound)
+
+    @torch.no_grad()
+    def forward_and_jacobian(self, x):
+        return self.module._forward_jacobian(x, self.bound)
 
     def __repr__(self):
         return f"ConditionedFlow({type(self.module).__name__}, dim={self.dim})"

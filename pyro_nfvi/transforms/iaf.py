@@ -20,6 +20,16 @@ from .output_scale import output_scale as resolve_output_scale
 __all__ = ["IAF"]
 
 
+def _derivative(f, pre):
+    """The derivative of the elementwise nonlinearity ``f`` at ``pre`` (ReLU in closed form, others by autograd)."""
+    if isinstance(f, torch.nn.ReLU):
+        return (pre > 0).to(pre.dtype)
+    with torch.enable_grad():
+        p = pre.detach().requires_grad_()
+        (d,) = torch.autograd.grad(f(p).sum(), p)
+    return d
+
+
 class IAF(NetworkFlowModule):
     r"""Inverse autoregressive flow :math:`y = \mu(x) + \sigma(x) \odot x` with
     :math:`\log|\det J| = \sum_i \log \sigma_i(x)`, :math:`\sigma = \exp(\mathrm{clip}(s))`.
@@ -154,6 +164,49 @@ class IAF(NetworkFlowModule):
             x, context = broadcast_context(x, context)
         shift, log_sigma = self._affine(x, context)
         return torch.exp(log_sigma) * x + shift, log_sigma.sum(-1)
+
+    def _forward_jacobian(self, x, p):
+        r"""``y`` and ``dy/dx = diag(sigma) + diag(sigma x) d(log sigma)/dx + d(shift)/dx`` (the gated form: likewise).
+
+        The network's Jacobian is carried through its masked layers and elementwise nonlinearity
+        in the same pass that computes ``m`` and ``s`` (no autograd over ``x``).
+        """
+        context = p.get("context")
+        if context is not None:
+            x, context = broadcast_context(x, context)
+        xn = to_network_dtype(x, self.arn)
+        arn = self.arn
+        inp = xn if context is None else torch.cat([to_network_dtype(context, arn).expand(xn.shape[:-1] + context.shape[-1:]), xn], -1)
+        first = inp.shape[-1] - self.dim  # the context's columns come first
+        h, jac = inp, None
+        for layer in arn.layers[:-1]:
+            w = layer.weight * layer.mask
+            pre = F.linear(h, w, layer.bias)
+            jac = w[:, first:] if jac is None else w @ jac
+            h = arn.f(pre)
+            jac = _derivative(arn.f, pre).unsqueeze(-1) * jac
+        last = arn.layers[-1]
+        w = last.weight * last.mask
+        out = F.linear(h, w, last.bias)
+        jac = w @ jac
+        if arn.skip_layer is not None:
+            ws = arn.skip_layer.weight * arn.skip_layer.mask
+            out = out + F.linear(inp, ws)
+            jac = jac + ws[:, first:]
+        d = self.dim
+        m, s, jm, js = out[..., :d], out[..., d:], jac[..., :d, :], jac[..., d:, :]
+        if self.output_scale != 1.0:
+            m, s, jm, js = (self.output_scale * t for t in (m, s, jm, js))
+        if self.stable:
+            sig = torch.sigmoid(s + self.sigmoid_bias)
+            y = sig * xn + (1.0 - sig) * m
+            jac = torch.diag_embed(sig) + ((xn - m) * sig * (1.0 - sig)).unsqueeze(-1) * js + (1.0 - sig).unsqueeze(-1) * jm
+        else:
+            inside = (s >= self.log_scale_min_clip) & (s <= self.log_scale_max_clip)
+            sigma = torch.exp(torch.clamp(s, self.log_scale_min_clip, self.log_scale_max_clip))
+            y = sigma * xn + m
+            jac = torch.diag_embed(sigma) + (sigma * xn * inside).unsqueeze(-1) * js + jm
+        return y.to(x.dtype), jac.to(x.dtype)
 
     def _inverse(self, y, p):
         context = p.get("context")

@@ -22,6 +22,7 @@ __all__ = [
     "PlanarRun",
     "compose_forward",
     "compose_inverse",
+    "compose_jacobian",
     "forward_layers",
     "inverse_layers",
     "plan_layers",
@@ -204,6 +205,25 @@ def compose_forward(transforms, x):
     if total.shape != x.shape[:-1] and not torch.jit.is_tracing():
         total = total.expand(x.shape[:-1])
     return x, total
+
+
+def compose_jacobian(transforms, x):
+    """``(y, J)``: ``transforms`` applied in order to ``x`` and their Jacobian ``(..., D, D)``, the product of closed forms.
+
+    ``None`` if a transform has no closed form (``forward_and_jacobian`` returns ``None``); for no
+    transforms, ``(x, I)``.  No graph.
+    """
+    with torch.no_grad():
+        jac = None
+        for transform in transforms:
+            out = transform.forward_and_jacobian(x)
+            if out is None:
+                return None
+            x, j = out
+            jac = j if jac is None else j @ jac
+        if jac is None:
+            jac = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device).expand(x.shape + x.shape[-1:])
+    return x, jac
 
 
 def compose_inverse(transforms, y):

@@ -88,6 +88,11 @@ class SinhArcsinh(FlowModule):
         a = p["delta"] * torch.asinh(x) - p["epsilon"]
         return torch.sinh(a), self._log_det(x, a, p)
 
+    def _forward_jacobian(self, x, p):
+        # dy/dx = cosh(a) * delta / sqrt(1 + x^2), elementwise
+        a = p["delta"] * torch.asinh(x) - p["epsilon"]
+        return torch.sinh(a), torch.diag_embed(torch.cosh(a) * p["delta"] * torch.rsqrt(1.0 + x * x))
+
     def _inverse(self, y, p):
         a = torch.asinh(y)
         x = torch.sinh((a + p["epsilon"]) / p["delta"])

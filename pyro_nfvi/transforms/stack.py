@@ -12,7 +12,7 @@ from .householder import Householder
 from .iaf import IAF
 from .planar import Planar
 from .radial import Radial
-from .runs import compose_forward, compose_inverse, forward_layers, inverse_layers, plan_layers, split_runs
+from .runs import compose_forward, compose_inverse, compose_jacobian, forward_layers, inverse_layers, plan_layers, split_runs
 from .sylvester import Sylvester
 
 __all__ = ["BoundStack", "FlowStack", "Permute", "flow", "FAMILIES", "PERMUTATIONS"]
@@ -59,6 +59,10 @@ class Permute(FlowModule):
 
     def inverse_and_log_det(self, y):
         return y[..., self.inv_perm], y.new_zeros(y.shape[:-1])
+
+    def forward_and_jacobian(self, x):
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
+        return x[..., self.perm], eye[self.perm].expand(x.shape[:-1] + (self.dim, self.dim))
 
     def condition(self, context):
         return self
@@ -114,6 +118,11 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
     def inverse_and_log_det(self, y):
         raws = self._packed_raws() if "packed" in self._parameters else None
         return inverse_layers(self.layers, y, raws)
+
+    def forward_and_jacobian(self, x):
+        """``(y, J)`` with ``J`` the product of the layers' closed-form Jacobians (``None`` if a layer has none; identity if empty)."""
+        raws = self._packed_raws() if "packed" in self._parameters else [None] * len(self.layers)
+        return compose_jacobian([layer if raw is None else layer.bind(raw) for layer, raw in zip(self.layers, raws)], x)
 
     # -- packed parameters --------------------------------------------------------------------------
     def pack_parameters(self):
@@ -301,6 +310,9 @@ class BoundStack(FlowTransform):
 
     def inverse_and_log_det(self, y):
         return compose_inverse(self.layers, y)
+
+    def forward_and_jacobian(self, x):
+        return compose_jacobian(self.layers, x)
 
     def __repr__(self):
         return f"BoundStack({', '.join(type(t).__name__ for t in self.layers)}; dim={self.dim})"

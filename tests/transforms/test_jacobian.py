@@ -1,0 +1,59 @@
+"""``pyro_nfvi.transforms.jacobian``: closed-form chains against autograd, and the autograd fallback."""
+import pytest
+import torch
+from pyro.distributions.transforms import LowerCholeskyAffine
+from torch.distributions.transforms import AffineTransform, ComposeTransform
+
+from pyro_nfvi.transforms import Planar, SinhArcsinh, flow
+from pyro_nfvi.transforms.jacobian import autograd_jacobian, chain_jacobian, closed_form_jacobian
+
+F64 = torch.float64
+
+
+def randomized(module, scale=0.4):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p) / max(p.shape[-1], 1) ** 0.5)
+    return module.to(F64)
+
+
+def the_chain(dim):
+    torch.manual_seed(0)
+    tril = torch.randn(dim, dim, dtype=F64).tril(-1) + torch.diag(torch.rand(dim, dtype=F64) + 0.5)
+    return [
+        randomized(SinhArcsinh(dim)),
+        AffineTransform(torch.randn(dim, dtype=F64), torch.rand(dim, dtype=F64) + 0.5, event_dim=1),
+        randomized(flow("iaf", dim, 3)),
+        LowerCholeskyAffine(torch.randn(dim, dtype=F64), tril),
+    ]
+
+
+def inputs_of(transforms, x):
+    out = []
+    for t in transforms:
+        out.append(x)
+        x = t(x)
+    return out, x
+
+
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+def test_chain_of_closed_forms_equals_autograd(batch):
+    dim = 6
+    chain = the_chain(dim)
+    x = torch.randn(batch + (dim,), dtype=F64, requires_grad=True)
+    inputs, u = inputs_of(chain, x)
+    jac = chain_jacobian(chain, inputs)
+    assert jac.shape == batch + (dim, dim) and not jac.requires_grad
+    assert torch.allclose(jac, autograd_jacobian(u, x), atol=1e-10)
+    composed = closed_form_jacobian(ComposeTransform(chain), x.detach())
+    assert torch.allclose(composed, jac, atol=1e-12)
+
+
+def test_a_map_without_a_closed_form_gives_none():
+    dim = 4
+    chain = the_chain(dim)[:2] + [Planar(dim).to(F64)]
+    x = torch.randn(3, dim, dtype=F64)
+    inputs, _ = inputs_of(chain, x)
+    assert chain_jacobian(chain, inputs) is None
+    assert closed_form_jacobian(flow("planar", dim, 2), x) is None
+    assert closed_form_jacobian(torch.distributions.transforms.ExpTransform(), x) is None
