@@ -9,7 +9,7 @@ itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the
 
 * :math:`a = \partial\,lq / \partial\varepsilon` and :math:`J = \partial u / \partial\varepsilon`
   (the product of the maps' closed-form Jacobians, ``pyro_nfvi.transforms.jacobian.chain_jacobian``,
-  where every map has one -- the affine base, IAF, sinh-arcsinh, permutations, the preconditioner;
+  where every map has one -- the affine base, IAF, planar, Householder, sinh-arcsinh, permutations, the preconditioner;
   otherwise ``D`` batched vector-Jacobian products);
 * :math:`g = J^{-\top} a = \nabla_u \log q_{\bar\theta}(u)` (one ``D x D`` solve per draw);
 * the surrogate :math:`\mathrm{sg}(lq) + \langle u - \mathrm{sg}(u), \mathrm{sg}(g)\rangle`, whose value

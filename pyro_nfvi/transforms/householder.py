@@ -134,5 +134,13 @@ class Householder(FlowModule):
     def _inverse(self, y, p):
         return self._reflect(y, p)
 
+    def _forward_jacobian(self, x, p):
+        # dy/dx = I - c u u^T, the same for every x
+        y, _ = self._reflect(x, p)
+        u = p["u"]
+        eye = torch.eye(self.dim, dtype=y.dtype, device=y.device)
+        jac = eye - p["c"].unsqueeze(-1) * u.unsqueeze(-1) * u.unsqueeze(-2)
+        return y, jac.expand(y.shape + (self.dim,))
+
     def extra_repr(self):
         return super().extra_repr() + (", chained=True" if self.chained else "")

@@ -133,6 +133,14 @@ class Planar(FlowModule):
         y = x + p["u"] * torch.tanh(a).unsqueeze(-1)
         return y, planar_log_det(a, p["wu"])
 
+    def _forward_jacobian(self, x, p):
+        # dy/dx = I + u h'(a) w^T
+        a = (x * p["w"]).sum(-1) + p["b"]
+        h = torch.tanh(a)
+        y = x + p["u"] * h.unsqueeze(-1)
+        eye = torch.eye(self.dim, dtype=y.dtype, device=y.device)
+        return y, eye + (p["u"] * (1.0 - h * h).unsqueeze(-1)).unsqueeze(-1) * p["w"].unsqueeze(-2)
+
     def _inverse(self, y, p):
         w, b, uhat = p["w"], p["b"], p["u"]
         wy = (w * y).sum(-1)

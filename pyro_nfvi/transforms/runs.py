@@ -120,6 +120,9 @@ class PlanarRun(FlowTransform):
     def inverse_and_log_det(self, y):
         return inverse_layers(self.layers, y, self.raws)
 
+    def forward_and_jacobian(self, x):
+        return compose_jacobian([layer if raw is None else layer.bind(raw) for layer, raw in zip(self.layers, self.raws)], x)
+
 
 def plan_layers(layers, raws=None):
     """Split ``layers`` into runs and decide how each part runs: the one dispatch point of a stack.

@@ -194,10 +194,11 @@ def test_log_det_matches_autograd_jacobian_float64(name, dim, context_dim):
 
 
 #: Cases whose ``jacobian`` has a closed form (the others return ``None``: callers use autograd).
-CLOSED_FORM_JACOBIAN = {"iaf", "iaf-stable", "iaf-scaled", "sinh-arcsinh", "sinh-arcsinh-hidden", "stack-iaf", "stack-none"}
+CLOSED_FORM_JACOBIAN = {"iaf", "iaf-stable", "iaf-scaled", "sinh-arcsinh", "sinh-arcsinh-hidden", "stack-iaf", "stack-none",
+                        "planar", "householder", "stack-planar", "stack-planar-scaled", "stack-householder"}
 
 
-@pytest.mark.parametrize("name,dim,context_dim", cases((1, 3, 10)) + cases((40,), names=["iaf", "stack-iaf"]))
+@pytest.mark.parametrize("name,dim,context_dim", cases((1, 3, 10)) + cases((40,), names=["iaf", "stack-iaf", "planar", "householder"]))
 def test_closed_form_jacobian_matches_autograd_float64(name, dim, context_dim):
     module, t, ctx, x = setup(name, dim, context_dim, batch=(5,))
     out = t.forward_and_jacobian(1.5 * x)
@@ -211,7 +212,7 @@ def test_closed_form_jacobian_matches_autograd_float64(name, dim, context_dim):
 
 
 @pytest.mark.parametrize("batch", BATCH_SHAPES[1:])
-@pytest.mark.parametrize("name", ["iaf", "stack-iaf", "sinh-arcsinh"])
+@pytest.mark.parametrize("name", ["iaf", "stack-iaf", "sinh-arcsinh", "planar", "stack-householder"])
 def test_closed_form_jacobian_batch_shapes(name, batch):
     module = perturb(build(name, 4, CTX), 0.5, fan_in=True)
     ctx = torch.randn(batch[-1:] + (CTX,), dtype=torch.float64)  # broadcast against the leading dims
