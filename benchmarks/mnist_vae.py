@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from pyro_nfvi.cli import main as nfvi
+from pyro_nfvi.cli.arguments import json_object
 from pyro_nfvi.cli.vae import RESULTS
 from pyro_nfvi.datasets import load_binarized_mnist
 from pyro_nfvi.targets.vae_plots import plot_learning_curves, plot_samples_and_reconstructions
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--iwae-k", type=int, default=1000)
     p.add_argument("--best-iwae-k", type=int, default=5000, help="IWAE draws for the best model (0: skip)")
+    p.add_argument("--flow-opts", type=json_object, default=None, metavar="JSON",
+                   help="options of every flow layer, e.g. '{\"stable\": true}' (its runs go to folders named after them)")
     p.add_argument("--hidden", type=int, default=300)
     p.add_argument("--latent-dim", type=int, default=40)
     p.add_argument("--num-train", type=int, default=None, help="first N training images (smoke tests only)")
@@ -87,8 +90,10 @@ def _rows_wanted(args):
     return wanted
 
 
-def _run_name(family, k):
-    return f"{family}_K{k}"
+def _run_name(family, k, flow_opts=None):
+    """The run's checkpoint folder: ``iaf_K2``, or ``coupling_K2_stable-true`` with flow options."""
+    suffix = "".join(f"_{key}-{json.dumps(value)}" for key, value in sorted((flow_opts or {}).items()))
+    return f"{family}_K{k}" + "".join(c if c.isalnum() or c in "_-." else "-" for c in suffix)
 
 
 def _cli_args(args, family, k, folder):
@@ -96,6 +101,8 @@ def _cli_args(args, family, k, folder):
             "--patience", str(args.patience), "--warmup", str(args.warmup), "--lr", str(args.lr),
             "--iwae-k", str(args.iwae_k), "--hidden", str(args.hidden), "--latent-dim", str(args.latent_dim),
             "--out", str(folder), "--resume"]
+    if args.flow_opts and family != "none":
+        argv += ["--flow-opts", json.dumps(args.flow_opts)]
     for option in ("num_train", "num_valid", "num_test"):
         if getattr(args, option) is not None:
             argv += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
@@ -225,7 +232,8 @@ def _best_model_figures(args, report, splits):
     if not finished:
         return
     best = min(finished, key=lambda r: r["valid_elbo"][0])
-    folder = Path(args.runs) / _run_name(best["flow"], best["num_flows"])
+    flow_opts = (best.get("settings") or {}).get("flow_opts")
+    folder = Path(args.runs) / _run_name(best["flow"], best["num_flows"], flow_opts)
     if not (folder / "best.pt").exists():
         return
     import pyro
@@ -233,7 +241,7 @@ def _best_model_figures(args, report, splits):
     with pyro.settings.context(module_local_params=True):
         hidden = (args.hidden, args.hidden)
         model = VAEModel(args.latent_dim, hidden)
-        guide = vae_guide(model, best["flow"], best["num_flows"], splits["train"][:100], hidden=hidden)
+        guide = vae_guide(model, best["flow"], best["num_flows"], splits["train"][:100], hidden=hidden, flow_opts=flow_opts)
         load_checkpoint(folder / "best.pt", guide=guide, model=model, restore_rng=False)
         plot_samples_and_reconstructions(model, guide, splits["test"], str(Path(args.out) / "mnist_vae_samples.png"),
                                          title=f"{best['flow']} K={best['num_flows']}: test images, reconstructions, samples")
@@ -262,7 +270,7 @@ def main(args):
         for family, k in _rows_wanted(args):
             if any((r["flow"], r["num_flows"]) == (family, k) for r in report["rows"]):
                 continue  # finished in an earlier sitting
-            folder = runs / _run_name(family, k)
+            folder = runs / _run_name(family, k, args.flow_opts if family != "none" else None)
             folder.mkdir(exist_ok=True)
             if not args.quiet:
                 print(f"== {family} K={k} -> {folder}", flush=True)

@@ -1,6 +1,7 @@
 """``nfvi vae`` on a tiny subset of the shipped MNIST: output files, resume, and bad arguments refused before work."""
 import json
 
+import pyro
 import pytest
 import torch
 
@@ -67,6 +68,10 @@ def test_vae_plain_and_early_stopping(tmp_path):
     (["--devices", "2"], "--devices and --num-nodes need --strategy ddp"),
     (["--num-train", "50", "--batch-size", "100"], "--batch-size 100 is larger than the 50 training images"),
     (["--strategy", "ddp", "--devices", "3", "--batch-size", "100"], "must be a multiple of the 3 processes"),
+    (["--flow", "coupling", "--flow-opts", "{stable: true}"], "--flow-opts: must be a JSON object"),
+    (["--flow", "coupling", "--flow-opts", "[1]"], "--flow-opts: must be a JSON object"),
+    (["--flow", "coupling", "--flow-opts", '{"stabel": true}'], "does not fit --flow coupling"),
+    (["--flow", "none", "--flow-opts", '{"stable": true}'], "--flow none has none"),
 ])
 def test_vae_bad_arguments_exit_2_before_any_work(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -74,6 +79,33 @@ def test_vae_bad_arguments_exit_2_before_any_work(tmp_path, capsys, argv, messag
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_vae_flow_opts_reach_every_layer_and_the_settings(tmp_path, capsys):
+    from pyro_nfvi.guides import load_checkpoint
+    from pyro_nfvi.targets import VAEModel, vae_guide
+
+    argv = ["vae", "--flow", "coupling", "--num-flows", "2", "--flow-opts", '{"stable": true}', "--epochs", "1",
+            "--out", str(tmp_path)] + TINY
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["flow_opts"] == {"stable": True}
+    assert "--flow-opts '{\"stable\": true}'" in results["command"]
+    # the checkpoint loads into a guide built with the same options (gated layers), not without them
+    x = torch.zeros(50, 784)
+    with pyro.settings.context(module_local_params=True):
+        model = VAEModel(4, (16, 16))
+        gated = vae_guide(model, "coupling", 2, x, hidden=(16, 16), flow_opts={"stable": True})
+        couplings = [m for m in gated.modules() if type(m).__name__ == "AffineCoupling"]
+        assert len(couplings) == 2 and all(m.stable for m in couplings)
+        load_checkpoint(tmp_path / "best.pt", guide=gated, model=model, restore_rng=False)
+        plain = vae_guide(VAEModel(4, (16, 16)), "coupling", 2, x, hidden=(16, 16))
+        with pytest.raises(ValueError):
+            load_checkpoint(tmp_path / "best.pt", guide=plain, model=VAEModel(4, (16, 16)), restore_rng=False)
+    # resuming without the options is refused, naming them
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv[:5] + argv[7:] + ["--resume"])
+    assert exit_info.value.code == 2 and "flow_opts" in capsys.readouterr().err
 
 
 def test_vae_refuses_to_overwrite_a_run_and_an_unusable_out(tmp_path, capsys):

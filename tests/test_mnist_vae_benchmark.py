@@ -75,3 +75,14 @@ def test_mnist_vae_report_lists_row_notes_and_superseded_rows(bench, tmp_path):
     assert "| planar | 2 | complete | 2 (2) | 2.00 | 3.50 | 3.40 |" in md
     assert "- planar K=2: rerun with scaled hypernetworks" in md
     assert "- superseded, planar K=2 (test -ELBO 3.90): unscaled" in md
+
+
+def test_mnist_vae_benchmark_with_flow_opts(bench, tmp_path):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    argv = ["--runs-only", "coupling:1", "--flow-opts", '{"stable": true}', "--out", str(out), "--runs", str(runs)] + TINY
+    report = bench["main"](bench["parse_args"](argv))
+    (row,) = report["rows"]
+    assert row["settings"]["flow_opts"] == {"stable": True}
+    assert (runs / "coupling_K1_stable-true" / "best.pt").exists() and not (runs / "coupling_K1").exists()
+    assert "--flow-opts" in json.loads((out / "mnist_vae.json").read_text())["command"]
+    assert row["test_iwae_best"]["k"] == 10  # the best model reloads with its flow options

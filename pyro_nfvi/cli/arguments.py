@@ -1,8 +1,10 @@
 """Argument types and checks shared by the ``nfvi`` subcommands (run before any work starts)."""
 import argparse
+import json
 import os
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "check_device", "check_output_path", "check_output_folder"]
+__all__ = ["positive_int", "non_negative_int", "positive_float", "json_object", "check_device", "check_output_path",
+           "check_output_folder"]
 
 
 def positive_int(text):
@@ -32,6 +34,22 @@ def positive_float(text):
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def json_object(text):
+    """``argparse`` type: a JSON object (``'{"stable": true}'``), returned as a ``dict``.
+
+    Example:
+        >>> json_object('{"stable": true}')
+        {'stable': True}
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"stable\": true}}', got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"stable\": true}}', got {text!r}")
     return value
 
 

@@ -6,7 +6,7 @@ import platform
 import sys
 
 from ..transforms import FAMILIES
-from .arguments import check_output_folder, non_negative_int, positive_float, positive_int
+from .arguments import check_output_folder, json_object, non_negative_int, positive_float, positive_int
 
 __all__ = ["add_parser", "run", "check_args", "command_line", "load_splits", "write_results", "print_summary", "RESULTS",
            "CURVES"]
@@ -34,6 +34,9 @@ def add_parser(subparsers):
     )
     p.add_argument("--flow", choices=sorted(FAMILIES) + ["none"], default="iaf", help="flow family (default: iaf)")
     p.add_argument("--num-flows", type=non_negative_int, default=2, help="number of flow layers K (default: 2)")
+    p.add_argument("--flow-opts", type=json_object, default=None, metavar="JSON",
+                   help="options of every flow layer as a JSON object, e.g. '{\"stable\": true}' for the gated "
+                        "coupling or IAF form (default: none)")
     p.add_argument("--epochs", type=positive_int, default=100, help="epoch budget (default: 100)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per step (default: 100)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="initial Adam learning rate (default: 0.001)")
@@ -72,6 +75,17 @@ def check_args(args):
 
     if args.flow != "none" and args.num_flows < 1:
         raise ValueError(f"--num-flows must be >= 1 for --flow {args.flow} (use --flow none for the plain VAE)")
+    if args.flow_opts:
+        if args.flow == "none":
+            raise ValueError("--flow-opts sets options of the flow layers; --flow none has none")
+        if args.strategy == "ddp":
+            raise ValueError("--flow-opts is not supported with --strategy ddp; use --strategy single")
+        from ..transforms import flow as build_flow
+
+        try:  # a layer built now names a bad option before any work
+            build_flow(args.flow, 2, 1, **args.flow_opts)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--flow-opts {json.dumps(args.flow_opts)} does not fit --flow {args.flow}: {err}") from None
     if args.lr_decay < 0:
         raise ValueError(f"--lr-decay must be >= 0 (0 keeps the learning rate constant), got {args.lr_decay:g}")
     if args.strategy == "single" and (args.devices > 1 or args.num_nodes > 1):
@@ -125,6 +139,8 @@ def command_line(args):
         if value is not None:
             words.append(f"--{option.replace('_', '-')} {value:g}" if isinstance(value, float)
                          else f"--{option.replace('_', '-')} {value}")
+    if getattr(args, "flow_opts", None):
+        words.append(f"--flow-opts '{json.dumps(args.flow_opts)}'")
     return " ".join(words)
 
 
@@ -189,7 +205,7 @@ def run(args):
             splits["train"], splits["valid"], flow=args.flow, num_flows=args.num_flows, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay, warmup=args.warmup,
             patience=args.patience, seed=args.seed, z_dim=args.latent_dim, hidden=(args.hidden, args.hidden),
-            folder=args.out, resume=args.resume, device=device, progress=progress,
+            flow_opts=args.flow_opts, folder=args.out, resume=args.resume, device=device, progress=progress,
             log=None if args.quiet else (lambda text: print(text, flush=True)),
         )
     except FloatingPointError as err:

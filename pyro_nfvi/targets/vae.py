@@ -106,7 +106,8 @@ class VAEModel(PyroModule):
                         obs=x.reshape(-1, NUM_PIXELS))
 
 
-def vae_guide(model, flow, num_flows, x, idx=None, hidden=HIDDEN, activation=ACTIVATION, head_output_scale="none"):
+def vae_guide(model, flow, num_flows, x, idx=None, hidden=HIDDEN, activation=ACTIVATION, head_output_scale="none",
+              flow_opts=None):
     """The amortized flow guide of ``model``: encoder ``784 -> hidden``, base Gaussian and ``num_flows`` layers.
 
     The loc/scale head is the plain linear layer of Henrion & Welleck (``head_output_scale="none"``),
@@ -126,6 +127,7 @@ def vae_guide(model, flow, num_flows, x, idx=None, hidden=HIDDEN, activation=ACT
         hidden (tuple of int): the encoder's hidden widths.
         activation (str): the encoder's activation.
         head_output_scale (str or float): the guide's ``head_output_scale``.
+        flow_opts (dict or None): options of every flow layer (e.g. ``{"stable": True}``).
 
     Example:
         >>> model = VAEModel(z_dim=4, hidden=(8,))
@@ -136,7 +138,7 @@ def vae_guide(model, flow, num_flows, x, idx=None, hidden=HIDDEN, activation=ACT
     model_args = (x,) if idx is None else (x, idx)
     return AmortizedFlowGuide(model, plate="data", flow=flow, num_flows=num_flows, encoder_hidden=tuple(hidden),
                               encoder_activation=activation, model_args=model_args,
-                              head_output_scale=head_output_scale)
+                              head_output_scale=head_output_scale, **(flow_opts or {}))
 
 
 @torch.no_grad()

@@ -80,12 +80,18 @@ class VAERun:
 
 
 def training_settings(flow, num_flows, batch_size, lr, lr_decay, warmup, patience, seed, z_dim, hidden,
-                      num_train, num_valid):
-    """The settings a resumed run must share with the run it continues (``epochs`` may change)."""
-    return {"flow": flow, "num_flows": int(num_flows), "batch_size": int(batch_size), "lr": float(lr),
-            "lr_decay": float(lr_decay), "warmup": int(warmup), "patience": int(patience), "seed": int(seed),
-            "z_dim": int(z_dim), "hidden": [int(h) for h in hidden], "num_train": int(num_train),
-            "num_valid": int(num_valid)}
+                      num_train, num_valid, flow_opts=None):
+    """The settings a resumed run must share with the run it continues (``epochs`` may change).
+
+    ``flow_opts`` enters only when given, so runs made before it existed keep their settings.
+    """
+    settings = {"flow": flow, "num_flows": int(num_flows), "batch_size": int(batch_size), "lr": float(lr),
+                "lr_decay": float(lr_decay), "warmup": int(warmup), "patience": int(patience), "seed": int(seed),
+                "z_dim": int(z_dim), "hidden": [int(h) for h in hidden], "num_train": int(num_train),
+                "num_valid": int(num_valid)}
+    if flow_opts:
+        settings["flow_opts"] = dict(flow_opts)
+    return settings
 
 
 def _set_lr(optimizer, lr, lr_decay, epoch):
@@ -105,7 +111,7 @@ def _check_settings(path, saved, settings):
 
 def train_vae(train, valid, *, flow="iaf", num_flows=2, epochs=100, batch_size=100, lr=1e-3, lr_decay=100.0,
               warmup=10, patience=20, seed=0, z_dim=LATENT_DIM, hidden=HIDDEN, activation=ACTIVATION,
-              folder=None, resume=False, device=None, progress=False, log=None):
+              flow_opts=None, folder=None, resume=False, device=None, progress=False, log=None):
     """Train the flow VAE on ``train`` with early stopping on ``valid``; return a :class:`VAERun`.
 
     Args:
@@ -123,6 +129,8 @@ def train_vae(train, valid, *, flow="iaf", num_flows=2, epochs=100, batch_size=1
         z_dim (int): the number of latents (40).
         hidden (tuple): the hidden sizes of the encoder and decoder MLPs ((300, 300)).
         activation (str): their activation (ELU).
+        flow_opts (dict or None): options of every flow layer (e.g. ``{"stable": True}``), passed to
+            :class:`~pyro_nfvi.guides.AmortizedFlowGuide`; part of the settings a resumed run checks.
         folder (str or None): where ``last.pt`` and ``best.pt`` are written every epoch (``None``: keep
             the best parameters in memory only).
         resume (bool): continue from ``folder/last.pt`` if it exists (same settings); else start afresh.
@@ -147,7 +155,7 @@ def train_vae(train, valid, *, flow="iaf", num_flows=2, epochs=100, batch_size=1
         raise ValueError(f"batch_size {batch_size} is larger than the {len(train)} training images")
     device = torch.device("cpu" if device is None else device)
     settings = training_settings(flow, num_flows, batch_size, lr, lr_decay, warmup, patience, seed, z_dim, hidden,
-                                 len(train), len(valid))
+                                 len(train), len(valid), flow_opts)
     last = best = None
     if folder is not None:
         last, best = os.path.join(folder, LAST), os.path.join(folder, BEST)
@@ -156,7 +164,8 @@ def train_vae(train, valid, *, flow="iaf", num_flows=2, epochs=100, batch_size=1
     with pyro.settings.context(module_local_params=True):
         pyro.set_rng_seed(seed)
         model = VAEModel(z_dim, hidden, activation=activation).to(device)
-        guide = vae_guide(model, flow, num_flows, train[:batch_size], hidden=hidden, activation=activation).to(device)
+        guide = vae_guide(model, flow, num_flows, train[:batch_size], hidden=hidden, activation=activation,
+                          flow_opts=flow_opts).to(device)
         loss = AnnealedELBO(mode="kl_warmup", warmup_steps=warmup * steps_per_epoch) if warmup else Trace_ELBO()
         svi = FastSVI(model, guide, loss, lr=lr)
         run = VAERun(model, guide, settings=settings)
