@@ -26,7 +26,6 @@ References: Roeder, Wu & Duvenaud, *Sticking the landing*, NeurIPS 2017; Tucker 
 reparameterized gradient estimators for Monte Carlo objectives*, ICLR 2019; Vaitl, Nicoli, Nakajima
 & Kessel, *Gradients should stay on path*, NeurIPS 2022.
 """
-import warnings
 from contextlib import contextmanager
 
 import torch

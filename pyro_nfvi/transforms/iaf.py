@@ -198,14 +198,15 @@ class IAF(NetworkFlowModule):
         if self.output_scale != 1.0:
             m, s, jm, js = (self.output_scale * t for t in (m, s, jm, js))
         if self.stable:
-            sig = torch.sigmoid(s + self.sigmoid_bias)
-            y = sig * xn + (1.0 - sig) * m
-            jac = torch.diag_embed(sig) + ((xn - m) * sig * (1.0 - sig)).unsqueeze(-1) * js + (1.0 - sig).unsqueeze(-1) * jm
+            a = s + self.sigmoid_bias
+            sig = torch.sigmoid(a)
+            y = torch.exp(-F.softplus(-a)) * x + (1.0 - sig) * m  # as _forward computes it
+            jac = torch.diag_embed(sig) + ((x - m) * sig * (1.0 - sig)).unsqueeze(-1) * js + (1.0 - sig).unsqueeze(-1) * jm
         else:
             inside = (s >= self.log_scale_min_clip) & (s <= self.log_scale_max_clip)
             sigma = torch.exp(torch.clamp(s, self.log_scale_min_clip, self.log_scale_max_clip))
-            y = sigma * xn + m
-            jac = torch.diag_embed(sigma) + (sigma * xn * inside).unsqueeze(-1) * js + jm
+            y = sigma * x + m
+            jac = torch.diag_embed(sigma) + (sigma * x * inside).unsqueeze(-1) * js + jm
         return y.to(x.dtype), jac.to(x.dtype)
 
     def _inverse(self, y, p):

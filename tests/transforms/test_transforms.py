@@ -211,6 +211,17 @@ def test_closed_form_jacobian_matches_autograd_float64(name, dim, context_dim):
     assert_close(jac, jacobian_blocks(t, 1.5 * x), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["iaf", "iaf-stable", "stack-iaf", "planar", "householder"])
+def test_closed_form_jacobian_of_a_float32_flow_at_float64_inputs(name):
+    """A float64 input is promoted as by ``forward_and_log_det``: the same ``y``, a float64 Jacobian."""
+    module = perturb(build(name, 4, 0, torch.float32), 0.3, fan_in=True)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    y, jac = module.forward_and_jacobian(x)
+    assert y.dtype == jac.dtype == torch.float64
+    assert torch.equal(y, module.forward_and_log_det(x)[0])
+    assert_close(jac, jacobian_blocks(module, x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("batch", BATCH_SHAPES[1:])
 @pytest.mark.parametrize("name", ["iaf", "stack-iaf", "sinh-arcsinh", "planar", "stack-householder"])
 def test_closed_form_jacobian_batch_shapes(name, batch):
