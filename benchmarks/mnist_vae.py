@@ -188,7 +188,7 @@ def write_report(args, report):
                          f"{_fmt(row.get('train_elbo'))} | {_fmt(row.get('valid_elbo'))} | {_fmt(row.get('test_elbo'))} | "
                          f"{iwae} | {row['seconds_per_epoch']:.1f} | {wall:.2f} | {hw_text} |")
             continue
-        history = _partial_history(Path(args.runs) / _run_name(family, k))
+        history = _partial_history(Path(args.runs) / _run_name(family, k, args.flow_opts if family != "none" else None))
         if history:
             histories[label + " (partial)"] = history
             best = min(history, key=lambda h: h["valid"])

@@ -86,3 +86,10 @@ def test_mnist_vae_benchmark_with_flow_opts(bench, tmp_path):
     assert (runs / "coupling_K1_stable-true" / "best.pt").exists() and not (runs / "coupling_K1").exists()
     assert "--flow-opts" in json.loads((out / "mnist_vae.json").read_text())["command"]
     assert row["test_iwae_best"]["k"] == 10  # the best model reloads with its flow options
+    # a run without the options in the same runs folder is another run: not listed as this table's partial row
+    (runs / "coupling_K2").mkdir()
+    assert nfvi(["vae", "--flow", "coupling", "--num-flows", "2", "--out", str(runs / "coupling_K2")]
+                + bench["_cli_args"](bench["parse_args"](TINY), "coupling", 2, runs / "coupling_K2")[5:]
+                + ["--epochs", "1"]) == 0
+    bench["main"](bench["parse_args"](["--runs-only", "coupling:1", "coupling:2"] + argv[2:] + ["--report-only"]))
+    assert "| coupling | 2 | not started |" in (out / "mnist_vae.md").read_text()
