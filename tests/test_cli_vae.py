@@ -85,27 +85,28 @@ def test_vae_flow_opts_reach_every_layer_and_the_settings(tmp_path, capsys):
     from pyro_nfvi.guides import load_checkpoint
     from pyro_nfvi.targets import VAEModel, vae_guide
 
-    argv = ["vae", "--flow", "coupling", "--num-flows", "2", "--flow-opts", '{"stable": true}', "--epochs", "1",
+    # the ungated coupling form (the guide's default is gated)
+    argv = ["vae", "--flow", "coupling", "--num-flows", "2", "--flow-opts", '{"stable": false}', "--epochs", "1",
             "--out", str(tmp_path)] + TINY
     assert main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["settings"]["flow_opts"] == {"stable": True}
-    assert "--flow-opts '{\"stable\": true}'" in results["command"]
-    # the checkpoint loads into a guide built with the same options (gated layers), not without them
+    assert results["settings"]["flow_opts"] == {"stable": False}
+    assert "--flow-opts '{\"stable\": false}'" in results["command"]
+    # the checkpoint loads into a guide built with the same options, not into the default one
     x = torch.zeros(50, 784)
     with pyro.settings.context(module_local_params=True):
         model = VAEModel(4, (16, 16))
-        gated = vae_guide(model, "coupling", 2, x, hidden=(16, 16), flow_opts={"stable": True})
-        couplings = [m for m in gated.modules() if type(m).__name__ == "AffineCoupling"]
-        assert len(couplings) == 2 and all(m.stable for m in couplings)
-        load_checkpoint(tmp_path / "best.pt", guide=gated, model=model, restore_rng=False)
-        plain = vae_guide(VAEModel(4, (16, 16)), "coupling", 2, x, hidden=(16, 16))
+        plain = vae_guide(model, "coupling", 2, x, hidden=(16, 16), flow_opts={"stable": False})
+        couplings = [m for m in plain.modules() if type(m).__name__ == "AffineCoupling"]
+        assert len(couplings) == 2 and not any(m.stable for m in couplings)
+        load_checkpoint(tmp_path / "best.pt", guide=plain, model=model, restore_rng=False)
+        default = vae_guide(VAEModel(4, (16, 16)), "coupling", 2, x, hidden=(16, 16))
         with pytest.raises(ValueError):
-            load_checkpoint(tmp_path / "best.pt", guide=plain, model=VAEModel(4, (16, 16)), restore_rng=False)
+            load_checkpoint(tmp_path / "best.pt", guide=default, model=VAEModel(4, (16, 16)), restore_rng=False)
     # resuming without the options is refused, naming them
     with pytest.raises(SystemExit) as exit_info:
         main(argv[:5] + argv[7:] + ["--resume"])
-    assert exit_info.value.code == 2 and "flow_opts" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "(flow_opts: saved {'stable': False}, this guide {'stable': True})" in capsys.readouterr().err
 
 
 def test_vae_refuses_to_overwrite_a_run_and_an_unusable_out(tmp_path, capsys):

@@ -102,7 +102,7 @@ def _set_lr(optimizer, lr, lr_decay, epoch):
 
 
 def _check_settings(path, saved, settings):
-    differ = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    differ = {k: (saved.get(k), settings.get(k)) for k in {**saved, **settings} if saved.get(k) != settings.get(k)}
     if differ:
         text = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"the checkpoint {path} was written with other settings ({text}); resume with the same "
