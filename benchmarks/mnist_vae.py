@@ -26,6 +26,7 @@ Usage::
 """
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -262,7 +263,7 @@ def main(args):
     path = out / "mnist_vae.json"
     report = _load(path)
     # the command that fills the table (a --report-only rewrite names the run it reports on)
-    report["command"] = " ".join(["python benchmarks/mnist_vae.py"] + [a for a in args.argv if a != "--report-only"])
+    report["command"] = "python benchmarks/mnist_vae.py " + shlex.join([a for a in args.argv if a != "--report-only"])
     data = load_binarized_mnist()
     splits = {"train": data.train[: args.num_train], "valid": data.valid[: args.num_valid],
               "test": data.test[: args.num_test]}
