@@ -91,6 +91,11 @@ def _rows_wanted(args):
     return wanted
 
 
+def _flow_opts(args, family):
+    """The ``--flow-opts`` of a row (``None`` for the plain VAE, which has no flow layers)."""
+    return args.flow_opts if family != "none" else None
+
+
 def _run_name(family, k, flow_opts=None):
     """The run's checkpoint folder: ``iaf_K2``, or ``coupling_K2_stable-true`` with flow options."""
     suffix = "".join(f"_{key}-{json.dumps(value)}" for key, value in sorted((flow_opts or {}).items()))
@@ -102,7 +107,7 @@ def _cli_args(args, family, k, folder):
             "--patience", str(args.patience), "--warmup", str(args.warmup), "--lr", str(args.lr),
             "--iwae-k", str(args.iwae_k), "--hidden", str(args.hidden), "--latent-dim", str(args.latent_dim),
             "--out", str(folder), "--resume"]
-    if args.flow_opts and family != "none":
+    if _flow_opts(args, family):
         argv += ["--flow-opts", json.dumps(args.flow_opts)]
     for option in ("num_train", "num_valid", "num_test"):
         if getattr(args, option) is not None:
@@ -189,7 +194,7 @@ def write_report(args, report):
                          f"{_fmt(row.get('train_elbo'))} | {_fmt(row.get('valid_elbo'))} | {_fmt(row.get('test_elbo'))} | "
                          f"{iwae} | {row['seconds_per_epoch']:.1f} | {wall:.2f} | {hw_text} |")
             continue
-        history = _partial_history(Path(args.runs) / _run_name(family, k, args.flow_opts if family != "none" else None))
+        history = _partial_history(Path(args.runs) / _run_name(family, k, _flow_opts(args, family)))
         if history:
             histories[label + " (partial)"] = history
             best = min(history, key=lambda h: h["valid"])
@@ -271,7 +276,7 @@ def main(args):
         for family, k in _rows_wanted(args):
             if any((r["flow"], r["num_flows"]) == (family, k) for r in report["rows"]):
                 continue  # finished in an earlier sitting
-            folder = runs / _run_name(family, k, args.flow_opts if family != "none" else None)
+            folder = runs / _run_name(family, k, _flow_opts(args, family))
             folder.mkdir(exist_ok=True)
             if not args.quiet:
                 print(f"== {family} K={k} -> {folder}", flush=True)

@@ -23,6 +23,7 @@ __all__ = [
     "compose_forward",
     "compose_inverse",
     "compose_jacobian",
+    "bind_layers",
     "forward_layers",
     "inverse_layers",
     "plan_layers",
@@ -121,7 +122,7 @@ class PlanarRun(FlowTransform):
         return inverse_layers(self.layers, y, self.raws)
 
     def forward_and_jacobian(self, x):
-        return compose_jacobian([layer if raw is None else layer.bind(raw) for layer, raw in zip(self.layers, self.raws)], x)
+        return compose_jacobian(bind_layers(self.layers, self.raws), x)
 
 
 def plan_layers(layers, raws=None):
@@ -193,8 +194,13 @@ def inverse_layers(layers, y, raws=None):
         >>> torch.allclose(ld_inv, ld, atol=1e-5)
         True
     """
+    return compose_inverse(bind_layers(layers, raws), y)
+
+
+def bind_layers(layers, raws=None):
+    """Each layer bound to its raw parameters (``layer.bind(raw)``), or as it is where ``raws`` has ``None`` (or is ``None``)."""
     raws = [None] * len(layers) if raws is None else list(raws)
-    return compose_inverse([layer if raw is None else layer.bind(raw) for layer, raw in zip(layers, raws)], y)
+    return [layer if raw is None else layer.bind(raw) for layer, raw in zip(layers, raws)]
 
 
 def compose_forward(transforms, x):

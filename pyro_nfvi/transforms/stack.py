@@ -12,7 +12,7 @@ from .householder import Householder
 from .iaf import IAF
 from .planar import Planar
 from .radial import Radial
-from .runs import compose_forward, compose_inverse, compose_jacobian, forward_layers, inverse_layers, plan_layers, split_runs
+from .runs import bind_layers, compose_forward, compose_inverse, compose_jacobian, forward_layers, inverse_layers, plan_layers, split_runs
 from .sylvester import Sylvester
 
 __all__ = ["BoundStack", "FlowStack", "Permute", "flow", "FAMILIES", "PERMUTATIONS"]
@@ -121,8 +121,8 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
 
     def forward_and_jacobian(self, x):
         """``(y, J)`` with ``J`` the product of the layers' closed-form Jacobians (``None`` if a layer has none; identity if empty)."""
-        raws = self._packed_raws() if "packed" in self._parameters else [None] * len(self.layers)
-        return compose_jacobian([layer if raw is None else layer.bind(raw) for layer, raw in zip(self.layers, raws)], x)
+        raws = self._packed_raws() if "packed" in self._parameters else None
+        return compose_jacobian(bind_layers(self.layers, raws), x)
 
     # -- packed parameters --------------------------------------------------------------------------
     def pack_parameters(self):
