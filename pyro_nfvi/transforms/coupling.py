@@ -5,6 +5,8 @@ unchanged and a transformed part ``x_T``; ``x_T`` gets a shift (and, in the affi
 computed by a network from ``x_I`` (and the context, if amortized).  The Jacobian is triangular with
 ones on the ``I`` block, so the log-det is the sum of the log-scales, and the inverse is exact.
 """
+import math
+
 import torch
 from pyro.nn import DenseNN
 from torch import nn
@@ -54,6 +56,11 @@ class AffineCoupling(NetworkFlowModule):
             only contract (it starts at ``sigmoid(sigmoid_bias) ~ 0.88``, not the identity), so
             expansions are left to the base distribution.
         sigmoid_bias (float): the bias of the gated scale.
+        max_scale (float or None): with ``stable=True``, a gate that starts at the identity:
+            ``exp(s) = m * sigmoid(m / (m - 1) * s_raw - log(m - 1))`` with ``m = max_scale``: a scale
+            in ``(0, m)`` that is 1, with ``ds/ds_raw = 1``, at ``s_raw = 0`` -- the affine form's
+            start, bounded (``sigmoid_bias`` is then unused); ``None`` (the default) keeps Glow's gate.
+            Must exceed 1.
         output_scale (float or str): factor on the network's output ``(t, s_raw)``: ``"none"`` (1, the
             default), ``"fan_in"`` (``1 / hidden[-1]``, so that Adam moves ``t`` and ``s`` by about
             ``lr`` per step; see ``pyro_nfvi.transforms.output_scale``) or a positive float.
@@ -81,6 +88,7 @@ class AffineCoupling(NetworkFlowModule):
         log_scale_clip=5.0,
         stable=False,
         sigmoid_bias=2.0,
+        max_scale=None,
         output_scale="none",
         cache_size=1,
     ):
@@ -94,6 +102,19 @@ class AffineCoupling(NetworkFlowModule):
         self.log_scale_clip = log_scale_clip
         self.stable = bool(stable)
         self.sigmoid_bias = float(sigmoid_bias)
+        if max_scale is not None:
+            max_scale = check_positive("max_scale", max_scale)
+            if max_scale <= 1.0:
+                raise ValueError(f"max_scale must exceed 1 (the gate's upper bound on the scale), got {max_scale!r}")
+            if not self.stable:
+                raise ValueError("max_scale bounds the gated scale: pass it with stable=True")
+        self.max_scale = max_scale
+        # the gate m * sigmoid(c * s_raw + b) as (c, b, log m): Glow's (1, bias, 0), or one that starts at
+        # the identity with slope 1 there, like exp(s_raw): (m / (m - 1), -log(m - 1), log m)
+        if max_scale is None:
+            self._gate = (1.0, self.sigmoid_bias, 0.0)
+        else:
+            self._gate = (max_scale / (max_scale - 1.0), -math.log(max_scale - 1.0), math.log(max_scale))
         self.hidden = hidden_sizes(hidden, (64, 64), 1)
         self.output_scale = resolve_output_scale(output_scale, self.hidden[-1])
         num_id = self.dim // 2
@@ -139,8 +160,9 @@ class AffineCoupling(NetworkFlowModule):
             t, raw = out[..., :num_t], (out[..., num_t:] if self.form == "affine" else None)
         if raw is None:
             return x_i, x_t, t, None
-        if self.stable:  # the gated scale sigmoid(s_raw + bias) of Glow: contracts, never expands
-            return x_i, x_t, t, -nn.functional.softplus(-(raw + self.sigmoid_bias))
+        if self.stable:  # the gated scale m * sigmoid(s_raw + bias): Glow's (m = 1) contracts, never expands
+            slope, bias, log_max = self._gate
+            return x_i, x_t, t, log_max - nn.functional.softplus(-(slope * raw + bias))
         s = raw if self.log_scale_clip is None else self.log_scale_clip * torch.tanh(raw / self.log_scale_clip)
         return x_i, x_t, t, s
 
@@ -171,4 +193,5 @@ class AffineCoupling(NetworkFlowModule):
         return torch.cat([y_i, x_t], dim=-1)[..., self.inv_order], ladj
 
     def extra_repr(self):
-        return f"{super().extra_repr()}, parity={self.parity}, form={self.form!r}, hidden={self.hidden}, stable={self.stable}, output_scale={self.output_scale:.4g}"
+        gate = "" if self.max_scale is None else f", max_scale={self.max_scale:.4g}"
+        return f"{super().extra_repr()}, parity={self.parity}, form={self.form!r}, hidden={self.hidden}, stable={self.stable}{gate}, output_scale={self.output_scale:.4g}"

@@ -85,6 +85,37 @@ def test_identity_at_init_and_gradients_flow():
             assert layer.net.layers[-1].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("max_scale", [1.5, 2.0, 5.0])
+@pytest.mark.parametrize("context_dim", [0, 2])
+def test_bounded_gate_starts_at_the_identity_with_unit_slope(context_dim, max_scale):
+    """``stable=True, max_scale=m``: exp(s) = m * sigmoid(m/(m-1) s_raw - log(m-1)) is 1 with slope 1 at s_raw = 0, within (0, m)."""
+    torch.manual_seed(0)
+    layer = AffineCoupling(4, context_dim=context_dim, stable=True, max_scale=max_scale).double()
+    x = torch.randn(8, 4, dtype=F64)
+    t = bound(layer, torch.randn(8, context_dim, dtype=F64) if context_dim else None)
+    y, ladj = t.forward_and_log_det(x)
+    assert torch.equal(y, x) and ladj.abs().max() < 1e-15
+    glow = AffineCoupling(4, context_dim=context_dim, stable=True).double()  # Glow's gate starts at sigmoid(2)
+    y_glow, _ = bound(glow, torch.randn(8, context_dim, dtype=F64) if context_dim else None).forward_and_log_det(x)
+    trans = glow.trans_idx
+    assert torch.allclose(y_glow[:, trans], torch.sigmoid(torch.tensor(2.0, dtype=F64)) * x[:, trans])
+    # the log-scale as a function of the last layer's bias: slope 1 at 0 (as exp(s_raw)), bounded by log m
+    bias = layer.net.layers[-1].bias
+    num_t = len(layer.trans_idx)
+
+    def log_scale(r):
+        with torch.no_grad():
+            bias[num_t:] = r
+        return bound(layer, torch.zeros(1, context_dim, dtype=F64) if context_dim else None).forward_and_log_det(
+            torch.zeros(1, 4, dtype=F64))[1].detach()
+
+    h = 1e-6
+    slope = (log_scale(h) - log_scale(-h)) / (2 * h) / num_t
+    assert abs(float(slope) - 1.0) < 1e-6
+    assert float(log_scale(50.0)) / num_t == pytest.approx(math.log(max_scale), abs=1e-9)
+    assert float(log_scale(-50.0)) / num_t < -20
+
+
 @pytest.mark.parametrize("context_dim", [0, 2])
 def test_soft_clamp_and_large_inputs_are_finite(context_dim):
     layer = make(4, context_dim, 1, "affine", log_scale_clip=2.0)
@@ -175,6 +206,12 @@ def test_bad_arguments():
         AffineCoupling(3, log_scale_clip=-1.0)
     with pytest.raises(ValueError, match="hidden"):
         AffineCoupling(3, hidden=())
+    with pytest.raises(ValueError, match="max_scale must exceed 1"):
+        AffineCoupling(3, stable=True, max_scale=1.0)
+    with pytest.raises(ValueError, match="max_scale"):
+        AffineCoupling(3, stable=True, max_scale=-2.0)
+    with pytest.raises(ValueError, match="with stable=True"):
+        AffineCoupling(3, max_scale=2.0)
     with pytest.raises(ValueError, match="context"):
         AffineCoupling(3, context_dim=2).condition(torch.randn(4, 3))
     with pytest.raises(ValueError, match="takes no context"):

@@ -48,6 +48,8 @@ FACTORIES = [
     ("coupling-affine", lambda d, c: AffineCoupling(d, context_dim=c, form="affine")),
     ("coupling-scaled", lambda d, c: AffineCoupling(d, context_dim=c, hidden=(16,), output_scale="fan_in")),
     ("coupling-additive", lambda d, c: AffineCoupling(d, context_dim=c, hidden=(16,), form="additive")),
+    ("coupling-gated", lambda d, c: AffineCoupling(d, context_dim=c, hidden=(16,), stable=True)),
+    ("coupling-bounded", lambda d, c: AffineCoupling(d, context_dim=c, hidden=(16,), stable=True, max_scale=5.0)),
     ("sinh-arcsinh", lambda d, c: SinhArcsinh(d, context_dim=c)),
     ("sinh-arcsinh-hidden", lambda d, c: SinhArcsinh(d, context_dim=c, hidden=(8,) if c else ())),
     ("stack-planar", lambda d, c: flow("planar", d, 2, context_dim=c)),
