@@ -85,7 +85,7 @@ def test_vae_flow_opts_reach_every_layer_and_the_settings(tmp_path, capsys):
     from pyro_nfvi.guides import load_checkpoint
     from pyro_nfvi.targets import VAEModel, vae_guide
 
-    # the ungated coupling form (the guide's default is gated)
+    # the ungated coupling form (the guide's default is the bounded gate)
     argv = ["vae", "--flow", "coupling", "--num-flows", "2", "--flow-opts", '{"stable": false}', "--epochs", "1",
             "--out", str(tmp_path)] + TINY
     assert main(argv) == 0
@@ -106,7 +106,7 @@ def test_vae_flow_opts_reach_every_layer_and_the_settings(tmp_path, capsys):
     # resuming without the options is refused, naming them
     with pytest.raises(SystemExit) as exit_info:
         main(argv[:5] + argv[7:] + ["--resume"])
-    assert exit_info.value.code == 2 and "(flow_opts: saved {'stable': False}, this guide {'stable': True})" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "(flow_opts: saved {'stable': False}, this guide {'max_scale': 2.0, 'stable': True})" in capsys.readouterr().err
 
 
 def test_vae_refuses_to_overwrite_a_run_and_an_unusable_out(tmp_path, capsys):

@@ -142,8 +142,13 @@ def observed_inputs(full, plate, frame, args, kwargs, indices, dtype, guide_name
         if axis >= 0 and s["value"].shape[axis] == frame.size:
             usable.append((s, axis))
     if not usable:
+        seen = "; ".join(
+            f"site {s['name']!r} has value shape {tuple(s['value'].shape)} (event dims {s['fn'].event_dim})"
+            for s in observed
+        )
         raise ValueError(
-            f"{guide_name}: no observed site inside plate {plate!r} varies along it; pass "
+            f"{guide_name}: no observed site inside plate {plate!r} varies along it (size {frame.size} at dim "
+            f"{frame.dim}){': ' + seen if seen else ''}; check the observed values' shape, or pass "
             "encoder_input=callable(*args, **kwargs) -> (N, D_in)"
         )
     sources, parts = [], []

@@ -12,6 +12,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_nfvi import AmortizedFlowGuide
+from pyro_nfvi.guides.amortized import AMORTIZED_MAX_SCALE
 from pyro_nfvi.guides.encoder_input import InputStandardizer
 
 N, BATCH = 200, 50
@@ -71,8 +72,8 @@ def test_gated_coupling_trains_the_subsampled_regression_at_lr_1e_2_without_spik
     assert all(math.isfinite(v) for v in losses)
     assert max(losses) < 3 * losses[0]
     assert sum(losses[-50:]) / 50 < losses[0] / 100
-    assert [layer.stable for layer in guide.global_guide.flow_stack] == [True, True]  # the global layers too
-    assert all(layer.stable for layer in guide.flow_stack)
+    layers = list(guide.global_guide.flow_stack) + list(guide.flow_stack)  # the global layers too
+    assert len(layers) == 4 and all(layer.stable and layer.max_scale == AMORTIZED_MAX_SCALE for layer in layers)
 
 
 def test_coupling_is_gated_by_default_and_stable_false_restores_the_affine_form():
@@ -80,10 +81,16 @@ def test_coupling_is_gated_by_default_and_stable_false_restores_the_affine_form(
     gated = AmortizedFlowGuide(regression, plate="data", flow="coupling", num_flows=2, model_args=(x, y))
     plain = AmortizedFlowGuide(regression, plate="data", flow="coupling", num_flows=2, stable=False,
                                model_args=(x, y), name="plain")
+    glow = AmortizedFlowGuide(regression, plate="data", flow="coupling", num_flows=2, stable=True,
+                              model_args=(x, y), name="glow")
     assert all(layer.stable for layer in gated.flow_stack) and not any(layer.stable for layer in plain.flow_stack)
     assert all(layer.stable for layer in gated.global_guide.flow_stack)
     assert not any(layer.stable for layer in plain.global_guide.flow_stack)
     assert gated.fingerprint["flow_opts"]["stable"] is True and plain.fingerprint["flow_opts"]["stable"] is False
+    assert gated.fingerprint["flow_opts"]["max_scale"] == AMORTIZED_MAX_SCALE
+    # stable=True alone is Glow's gate (no bound; it starts contracted, see test_coupling.py)
+    assert all(layer.max_scale == AMORTIZED_MAX_SCALE for layer in gated.flow_stack)
+    assert all(layer.max_scale is None for layer in glow.flow_stack) and "max_scale" not in glow.fingerprint["flow_opts"]
     # the other families are unchanged
     planar = AmortizedFlowGuide(regression, plate="data", flow="planar", num_flows=2, model_args=(x, y), name="p")
     assert "stable" not in planar.fingerprint["flow_opts"]

@@ -42,3 +42,19 @@ def test_predictive_without_the_observations_says_the_guide_needs_them(call_args
                                          "amortized guide needs the observed data"):
         Predictive(model, guide=guide, num_samples=3)(*call_args)
     assert Predictive(model, guide=guide, num_samples=3)(X, Y)["obs"].shape == (3, 10)
+
+
+def test_observations_that_do_not_vary_along_the_plate_are_named_with_their_shape():
+    """Pyro's VAE example fed packed images (98 bytes for 784 pixels): ``x.reshape(-1, 784)`` then has
+    fewer rows than the plate; the guide's error names the site and its shape."""
+
+    def vae_like(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            probs = torch.sigmoid(z.sum(-1, keepdim=True)).expand(x.shape[0], 4)
+            pyro.sample("obs", dist.Bernoulli(probs).to_event(1), obs=x.reshape(-1, 4))
+
+    packed = (torch.rand(8, 2) < 0.5).float()  # 8 "images" of 2 packed values for 4 pixels: 4 rows of 4
+    with pytest.raises(ValueError, match=r"no observed site inside plate 'data' varies along it \(size 8 at dim -1\): "
+                                         r"site 'obs' has value shape \(4, 4\) \(event dims 1\)"):
+        AmortizedFlowGuide(vae_like, plate="data", model_args=(packed,))
