@@ -122,7 +122,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     as its global ones: without global layers the same seeds still spiked to 1e9-1e12;
     ``benchmarks/results/amortized_stability.md``).  **So coupling layers are gated by default**
     (``AMORTIZED_GATED``, for the local and the global layers, unless ``stable`` or ``max_scale`` is
-    passed; :func:`gated_defaults`): each layer's scale is ``m * sigmoid(m / (m - 1) s - log(m - 1))``
+    passed; ``pyro_nfvi.guides.amortized.gated_defaults``): each layer's scale is ``m * sigmoid(m / (m - 1) s - log(m - 1))``
     with ``m = AMORTIZED_MAX_SCALE = 2``, bounded by 2, and the identity with the affine form's slope
     at initialisation.  On the regression 0 of 15 runs diverged (median final loss 5379 / 6010 / 5877
     at lr 1e-3 / 5e-3 / 1e-2, against 6322 / 7476 / 7057 ungated;
