@@ -112,7 +112,7 @@ with torch.no_grad():
 # Welleck (2019) report that, at equal training, IAF was the only flow family to beat the Gaussian
 # VAE on MNIST.  Our rerun of their table through `AmortizedFlowGuide` (100 epochs each,
 # `benchmarks/results/mnist_vae.md`) found every family at K=2 better than our VAE's test -ELBO of
-# 94.90: Sylvester 92.56, IAF 93.31, coupling 93.56, planar 94.45, radial 94.47, Householder 94.54.
+# 94.90: Sylvester 92.56, IAF 93.31, coupling 93.54, planar 94.45, radial 94.47, Householder 94.54.
 # Their planar flows lost because they were unconstrained; ours keep {math}`w^\top u \ge -1`, and
 # the amortized planar and Sylvester layers scale their hypernetworks' outputs (see
 # {class}`~pyro_nfvi.guides.AmortizedFlowGuide`).  See also the tutorial on choosing a flow.
