@@ -131,7 +131,7 @@ class AmortizedFlowGuide(FlowGuide, AutoGuide):
     (``stable=True`` alone: each layer can only contract, starting at ``sigmoid(2) ~ 0.88``), the
     default before, is as stable (0 of 15; 5528 / 5856 / 5797) but slow to start on a VAE: on Pyro's
     VAE example (its model and settings, this guide with 2 layers; test -ELBO, seeds 0 / 1) Glow's gate
-    is at 118.1 / 117.8 after 400 steps, the bounded gate at 114.4 / 113.7, the ungated layers at
+    is at 118.1 / 117.9 after 400 steps, the bounded gate at 114.4 / 113.7, the ungated layers at
     111.5 / 112.6 and the example's own Gaussian guide at 116.8 / 117.0; after 1500 steps the bounded
     gate 90.70 / 90.64, ungated 89.62 / 90.68, Glow's 91.55 / 91.14, the example's guide 90.92 / 90.84
     (``docs/findings.md``, "AmortizedFlowGuide stability").
