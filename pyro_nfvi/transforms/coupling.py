@@ -160,7 +160,7 @@ class AffineCoupling(NetworkFlowModule):
             t, raw = out[..., :num_t], (out[..., num_t:] if self.form == "affine" else None)
         if raw is None:
             return x_i, x_t, t, None
-        if self.stable:  # the gated scale m * sigmoid(s_raw + bias): Glow's (m = 1) contracts, never expands
+        if self.stable:  # the gated scale m * sigmoid(c * s_raw + b): Glow's (m = 1) contracts, never expands
             slope, bias, log_max = self._gate
             return x_i, x_t, t, log_max - nn.functional.softplus(-(slope * raw + bias))
         s = raw if self.log_scale_clip is None else self.log_scale_clip * torch.tanh(raw / self.log_scale_clip)
