@@ -93,3 +93,16 @@ def test_mnist_vae_benchmark_with_flow_opts(bench, tmp_path):
                 + ["--epochs", "1"]) == 0
     bench["main"](bench["parse_args"](["--runs-only", "coupling:1", "coupling:2"] + argv[2:] + ["--report-only"]))
     assert "| coupling | 2 | not started |" in (out / "mnist_vae.md").read_text()
+
+
+def test_mnist_vae_best_model_pass_runs_when_optional_rows_are_finished_too(bench, tmp_path):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    tiny = [a if a != "10" else "0" for a in TINY]  # --best-iwae-k 0: no best-model pass while training
+    argv = ["--out", str(out), "--runs", str(runs)] + tiny
+    report = bench["main"](bench["parse_args"](["--runs-only", "none:0", "iaf:1"] + argv))
+    assert not any("test_iwae_best" in r for r in report["rows"])
+    # the table's required rows are finished, plus an optional one: the k = 5000 pass (here 10) runs
+    again = bench["main"](bench["parse_args"](["--runs-only", "none:0", "--report-only"] + argv[:4] + TINY))
+    assert sum("test_iwae_best" in r for r in again["rows"]) == 1
+    best = min(again["rows"], key=lambda r: r["valid_elbo"][0])
+    assert best["test_iwae_best"]["k"] == 10
