@@ -105,4 +105,6 @@ def test_mnist_vae_best_model_pass_runs_when_optional_rows_are_finished_too(benc
     again = bench["main"](bench["parse_args"](["--runs-only", "none:0", "--report-only"] + argv[:4] + TINY))
     assert sum("test_iwae_best" in r for r in again["rows"]) == 1
     best = min(again["rows"], key=lambda r: r["valid_elbo"][0])
-    assert best["test_iwae_best"]["k"] == 10
+    assert best["test_iwae_best"]["k"] == 10 and best["test_iwae_best"]["resumed"] is False
+    name = "none_K0" if best["flow"] == "none" else "iaf_K1"
+    assert (runs / name / "iwae_best_k10.pt").exists()  # the pass's finished batches, for a later sitting

@@ -43,7 +43,7 @@ import torch
 
 from .state import fingerprint_diff
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "atomic_save", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
 
 #: Written into every checkpoint; a file without it was not written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = "pyro_nfvi.checkpoint/1"
@@ -180,6 +180,26 @@ def save_checkpoint(path, *, guide, model=None, optimizer=None, objective=None, 
         "rng": get_rng_state(),
         "extra": extra,
     }
+    atomic_save(payload, path)
+
+
+def atomic_save(payload, path):
+    """``torch.save(payload, path)``, atomically: a temporary file beside ``path``, ``fsync``, ``os.replace``.
+
+    A writer killed at any moment leaves the previous file or the new one, never a torn file;
+    the temporary files of earlier writers killed before their ``os.replace`` are removed.
+
+    Args:
+        payload: anything ``torch.save`` takes.
+        path (str or os.PathLike): the file; its folder must exist.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "values.pt")
+        >>> atomic_save({"done": torch.arange(3)}, path)
+        >>> torch.load(path, weights_only=True)["done"].tolist(), os.listdir(os.path.dirname(path))
+        ([0, 1, 2], ['values.pt'])
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):

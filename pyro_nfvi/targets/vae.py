@@ -21,6 +21,7 @@ Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015; Ki
 ICLR 2016 (the IWAE bound).
 """
 import math
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -31,6 +32,7 @@ from torch import nn
 from ..datasets.mnist import NUM_PIXELS
 from ..evaluation import iwae_log_likelihood, log_importance_weights
 from ..guides import AmortizedFlowGuide
+from ..guides.checkpoint import atomic_save, get_rng_state, set_rng_state
 from ..nn.encoders import MLP
 
 __all__ = ["Decoder", "VAEModel", "vae_guide", "negative_elbo", "iwae_nll", "LATENT_DIM", "HIDDEN", "ACTIVATION"]
@@ -168,8 +170,15 @@ def negative_elbo(model, guide, data, batch_size=1000):
 
 
 @torch.no_grad()
-def iwae_nll(model, guide, data, num_samples=1000, batch_size=100, chunk_size=100, progress=None):
+def iwae_nll(model, guide, data, num_samples=1000, batch_size=100, chunk_size=100, progress=None,
+             checkpoint=None, seed=None):
     r"""The IWAE estimate of :math:`-\log p(x)` averaged over ``data`` (Burda et al. 2016), with ``k = num_samples``.
+
+    A long pass (``k = 5000`` over 10,000 test images takes hours on a CPU) can be made resumable:
+    with ``checkpoint`` the per-image values are written there (atomically) after every batch, and
+    a later call with the same settings continues after the last finished batch.  With ``seed``
+    each batch draws from its own seed (``seed + batch number``), so that a resumed pass gives the
+    values of an uninterrupted one; the caller's RNG state is restored on return.
 
     Args:
         model, guide: the VAE and its guide.
@@ -177,25 +186,70 @@ def iwae_nll(model, guide, data, num_samples=1000, batch_size=100, chunk_size=10
         num_samples (int): ``k``, draws per image.
         batch_size (int): images per call of :func:`~pyro_nfvi.evaluation.iwae_log_likelihood`.
         chunk_size (int): draws per vectorized trace.
-        progress (callable or None): ``progress(n)`` after each batch of ``n`` images.
+        progress (callable or None): ``progress(n)`` after each batch of ``n`` images (also for
+            the batches a resumed pass skips).
+        checkpoint (str or os.PathLike or None): file of the finished batches' values; a file
+            written with other settings (``k``, batch size, seed, data, or other weights of the
+            model and guide: a checksum of them is kept) is refused.
+        seed (int or None): seed the draws per batch (``None``: the global RNG as it is).
 
     Returns:
         tuple: ``(mean, standard error)`` in nats.
 
     Example:
+        >>> import os, tempfile
         >>> model = VAEModel(z_dim=2, hidden=(8,))
         >>> x = torch.bernoulli(torch.full((10, 784), 0.5))
         >>> guide = vae_guide(model, "none", 0, x[:5], hidden=(8,))
         >>> nll, _ = iwae_nll(model, guide, x, num_samples=20)
         >>> nll <= negative_elbo(model, guide, x)[0] + 5
         True
+        >>> path = os.path.join(tempfile.mkdtemp(), "iwae.pt")
+        >>> first = iwae_nll(model, guide, x, num_samples=20, batch_size=4, checkpoint=path, seed=0)
+        >>> iwae_nll(model, guide, x, num_samples=20, batch_size=4, checkpoint=path, seed=0) == first  # read back
+        True
     """
-    values = []
-    for i in range(0, len(data), batch_size):
-        x = data[i : i + batch_size]
-        values.append(-iwae_log_likelihood(model, guide, x, num_samples=num_samples,
-                                           chunk_size=min(chunk_size, num_samples)))
-        if progress is not None:
-            progress(len(x))
+    settings = {"num_samples": int(num_samples), "batch_size": int(batch_size), "seed": seed,
+                "num_images": len(data), "data_sum": float(data.double().sum()), "weights_sum": _weights_sum(model, guide)}
+    values = _iwae_partial(checkpoint, settings)
+    if progress is not None and values:
+        progress(sum(len(v) for v in values))
+    rng = get_rng_state() if seed is not None else None
+    try:
+        for b, i in enumerate(range(0, len(data), batch_size)):
+            if b < len(values):
+                continue  # finished in an earlier call
+            if seed is not None:
+                pyro.set_rng_seed(seed + b)
+            x = data[i : i + batch_size]
+            values.append(-iwae_log_likelihood(model, guide, x, num_samples=num_samples,
+                                               chunk_size=min(chunk_size, num_samples)))
+            if checkpoint is not None:
+                atomic_save({"settings": settings, "values": values}, checkpoint)
+            if progress is not None:
+                progress(len(x))
+    finally:
+        if rng is not None:
+            set_rng_state(rng)
     values = torch.cat(values)
     return values.mean().item(), (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
+
+
+def _weights_sum(*modules):
+    """A checksum of the modules' parameters (float64 sum of sums), to tell other weights apart."""
+    return sum(float(p.detach().double().sum()) for m in modules if isinstance(m, nn.Module) for p in m.parameters())
+
+
+def _iwae_partial(checkpoint, settings):
+    """The per-batch values an earlier :func:`iwae_nll` call left in ``checkpoint`` (``[]`` if none)."""
+    if checkpoint is None or not os.path.exists(checkpoint):
+        return []
+    saved = torch.load(checkpoint, weights_only=True)
+    if saved.get("settings") != settings:
+        differ = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
+        raise ValueError(
+            f"iwae_nll: {os.fspath(checkpoint)} holds a pass with other settings ({', '.join(differ)} differ: "
+            f"saved {[saved.get('settings', {}).get(k) for k in differ]}, now {[settings[k] for k in differ]}); "
+            "pass another checkpoint file or delete it"
+        )
+    return list(saved["values"])
