@@ -186,3 +186,32 @@ def test_a_model_that_cannot_vectorize_particles_fits_with_vectorize_particles_f
                      vectorize_particles=False, progress=False)
     assert guide.precondition is True and set(result.warm_start_bounds) == {"laplace", "base"}
     assert len(result.losses) == 20 and all(math.isfinite(v) for v in result.losses)
+
+
+def test_a_dreg_fit_measures_its_draws_and_warns_when_q_is_far_from_the_posterior():
+    from pyro_nfvi.recipe import DRAWS_KL_WARNING
+
+    guide = AutoFlowGuide(model, flow="none")  # 30 steps from the prior's scale: q is still far off
+    with pytest.warns(UserWarning, match=r"KL\(q \|\| p\).*importance_resample.*estimator='stl'"):
+        result = fit(model, guide, Y, num_steps=30, lrs=(1e-3,), warm_start=False, estimator="dreg", progress=False)
+    assert result.log_evidence - result.elbo > DRAWS_KL_WARNING
+
+
+def test_a_dreg_fit_that_reaches_the_posterior_does_not_warn(recwarn):
+    from pyro_nfvi.recipe import DRAWS_KL_WARNING
+
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    result = fit(model, guide, Y, num_steps=400, estimator="dreg", progress=False)
+    assert 0.0 <= result.log_evidence - result.elbo < DRAWS_KL_WARNING
+    # the evidence of the five points, by quadrature over (mu, log scale)
+    mu, log_s = torch.meshgrid(torch.linspace(0.0, 10.0, 801, dtype=torch.float64),
+                               torch.linspace(-5.0, 3.0, 801, dtype=torch.float64), indexing="ij")
+    log_joint = (dist.Normal(0.0, 10.0).log_prob(mu) + dist.Normal(0.0, 1.0).log_prob(log_s)  # LogNormal in log s
+                 + dist.Normal(mu.unsqueeze(-1), log_s.exp().unsqueeze(-1)).log_prob(Y.double()).sum(-1))
+    exact = torch.logsumexp(log_joint.flatten(), 0) + math.log((10.0 / 800) * (8.0 / 800))
+    assert result.log_evidence == pytest.approx(float(exact), abs=0.05)
+    assert not [w for w in recwarn if "KL(q || p)" in str(w.message)]
+    # the ELBO-trained guide is not checked (its q is the approximation itself)
+    pyro.clear_param_store()
+    stl = fit(model, AutoFlowGuide(model, flow="iaf", num_flows=2), Y, num_steps=50, estimator="stl", progress=False)
+    assert math.isnan(stl.elbo) and math.isnan(stl.log_evidence)
