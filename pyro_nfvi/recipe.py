@@ -84,7 +84,7 @@ DRAWS_KL_WARNING = 2.0
 
 @dataclass
 class FitResult:
-    """What :func:`fit` did: the losses of the main run and the choices it made.
+    r"""What :func:`fit` did: the losses of the main run and the choices it made.
 
     Attributes:
         losses (list of float): the loss (negative ELBO estimate) of every step of the main run.
