@@ -194,7 +194,8 @@ def _check_draws(model, guide, args, kwargs, result):
     """Fill ``result.elbo`` and ``result.log_evidence`` from 512 draws; warn if their gap exceeds ``DRAWS_KL_WARNING``."""
     from .evaluation import log_importance_weights  # noqa: PLC0415 - evaluation sits below the recipe
 
-    lw = log_importance_weights(model, guide, *args, num_samples=512, plate=False, **kwargs).double()
+    # 8 traces of 64 draws: memory stays that of 64 particles on a large data set
+    lw = log_importance_weights(model, guide, *args, num_samples=512, chunk_size=64, plate=False, **kwargs).double()
     if lw.dim() != 1 or not bool(torch.isfinite(lw).all()):
         return
     result.elbo = float(lw.mean())
