@@ -195,7 +195,12 @@ def _check_draws(model, guide, args, kwargs, result):
     from .evaluation import log_importance_weights  # noqa: PLC0415 - evaluation sits below the recipe
 
     # 8 traces of 64 draws: memory stays that of 64 particles on a large data set
-    lw = log_importance_weights(model, guide, *args, num_samples=512, chunk_size=64, plate=False, **kwargs).double()
+    try:
+        lw = log_importance_weights(model, guide, *args, num_samples=512, chunk_size=64, plate=False, **kwargs).double()
+    except (ValueError, RuntimeError, NotImplementedError) as error:  # the fit is done: say why, keep its result
+        warnings.warn(f"fit: the draws of the fitted guide could not be checked ({type(error).__name__}: {error})",
+                      UserWarning, stacklevel=3)
+        return
     if lw.dim() != 1 or not bool(torch.isfinite(lw).all()):
         return
     result.elbo = float(lw.mean())

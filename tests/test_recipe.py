@@ -215,3 +215,16 @@ def test_a_dreg_fit_that_reaches_the_posterior_does_not_warn(recwarn):
     pyro.clear_param_store()
     stl = fit(model, AutoFlowGuide(model, flow="iaf", num_flows=2), Y, num_steps=50, estimator="stl", progress=False)
     assert math.isnan(stl.elbo) and math.isnan(stl.log_evidence)
+
+
+def test_a_check_that_cannot_run_says_why_and_keeps_the_fit(monkeypatch):
+    import pyro_nfvi.evaluation as evaluation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch in the model")
+
+    monkeypatch.setattr(evaluation, "log_importance_weights", broken)
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    with pytest.warns(UserWarning, match="could not be checked.*shape mismatch in the model"):
+        result = fit(model, guide, Y, num_steps=50, estimator="dreg", progress=False)
+    assert len(result.losses) == 50 and math.isnan(result.elbo)
