@@ -190,6 +190,12 @@ def _bound(model, guide, args, kwargs, vectorize=True):
         return -elbo.loss(model, guide, *args, **kwargs)
 
 
+def _importance_weighted(loss):
+    from .objectives import IW_ELBO  # noqa: PLC0415 - as in make_loss
+
+    return isinstance(loss, IW_ELBO)
+
+
 def _check_draws(model, guide, args, kwargs, result):
     """Fill ``result.elbo`` and ``result.log_evidence`` from 512 draws; warn if their gap exceeds ``DRAWS_KL_WARNING``."""
     from .evaluation import log_importance_weights  # noqa: PLC0415 - evaluation sits below the recipe
@@ -483,7 +489,7 @@ def fit(
     finally:
         bar.close()
     result.lr = lr
-    if result.estimator == "dreg" and vectorize_particles and type(loss).__name__ == "IW_ELBO":
+    if result.estimator == "dreg" and vectorize_particles and _importance_weighted(loss):
         _check_draws(model, guide, args, kwargs, result)  # Pyro's guides fall back to the ELBO: nothing to check
     result.seconds = time.perf_counter() - start
     return result

@@ -209,8 +209,10 @@ def iwae_nll(model, guide, data, num_samples=1000, batch_size=100, chunk_size=10
         >>> iwae_nll(model, guide, x, num_samples=20, batch_size=4, checkpoint=path, seed=0) == first  # read back
         True
     """
-    settings = {"num_samples": int(num_samples), "batch_size": int(batch_size), "seed": seed,
-                "num_images": len(data), "data_sum": float(data.double().sum()), "weights_sum": _weights_sum(model, guide)}
+    settings = None
+    if checkpoint is not None:  # what a saved pass must match (the sums cost a pass over data and weights)
+        settings = {"num_samples": int(num_samples), "batch_size": int(batch_size), "seed": seed, "num_images": len(data),
+                    "data_sum": float(data.double().sum()), "weights_sum": _weights_sum(model, guide)}
     values = _iwae_partial(checkpoint, settings)
     if progress is not None and values:
         progress(sum(len(v) for v in values))
