@@ -95,7 +95,8 @@ class FitResult:
         warm_start_bounds (dict): ``"laplace"``/``"base"`` -> the ELBO estimate of each warm start
             tried on a preconditioned guide (the higher one is kept).
         warm_start_error (str): why the Laplace warm start was not possible (then ``"base"``).
-        estimator (str): the estimator used (``"auto"`` resolved), or the ELBO instance's class name.
+        estimator (str): the estimator that trained (``"auto"`` resolved; ``"elbo"`` for a guide
+            not of this package, which falls back to the ELBO), or the ELBO instance's class name.
         warm_start_losses (list of float): the losses of the ``"base"`` warm start (empty if none).
         rollbacks (int): how many times the guard rolled back after a non-finite loss.
         skipped (int): steps of the main run not applied because a gradient (or the loss) was not finite.
@@ -401,8 +402,13 @@ def fit(
     if estimator == "auto":
         near_gaussian = result.warm_start == "laplace" or bool(getattr(guide, "decentered", None))
         estimator = "elbo" if near_gaussian else "dreg"
-    result.estimator = estimator if isinstance(estimator, str) else type(estimator).__name__
     loss = make_loss(estimator, guide, num_particles, vectorize_particles)
+    if not isinstance(estimator, str):
+        result.estimator = type(estimator).__name__
+    elif type(loss) is Trace_ELBO:  # "elbo", or a Pyro guide's fall-back from "stl"/"dreg"
+        result.estimator = "elbo"
+    else:
+        result.estimator = estimator
 
     module = guide if isinstance(guide, torch.nn.Module) else None
 

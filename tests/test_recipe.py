@@ -116,6 +116,19 @@ def test_pyro_guides_fall_back_to_the_elbo():
     assert isinstance(make_loss("dreg", AutoFlowGuide(model), 4, True), IW_ELBO)
 
 
+@pytest.mark.parametrize("estimator", ["auto", "stl", "dreg"])
+def test_a_pyro_guide_reports_the_elbo_it_trained_on(estimator):
+    result = fit(model, AutoNormal(model), Y, num_steps=20, lrs=(1e-2,), estimator=estimator, progress=False)
+    assert result.estimator == "elbo"
+    assert math.isnan(result.elbo)  # the draws' check is for importance-weighted fits only
+
+
+def test_a_flow_guide_reports_the_estimator_it_trained_on():
+    guide = AutoFlowGuide(model, flow="planar", num_flows=2)
+    result = fit(model, guide, Y, num_steps=20, lrs=(1e-2,), estimator="stl", warm_start=False, progress=False)
+    assert result.estimator == "stl"
+
+
 def _nan_gradient_at(param, calls):
     """Make ``param``'s gradient NaN at the backward passes listed in ``calls`` (counted from 1)."""
     seen = []
