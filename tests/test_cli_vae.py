@@ -72,6 +72,7 @@ def test_vae_plain_and_early_stopping(tmp_path):
     (["--flow", "coupling", "--flow-opts", "[1]"], "--flow-opts: must be a JSON object"),
     (["--flow", "coupling", "--flow-opts", '{"stabel": true}'], "does not fit --flow coupling"),
     (["--flow", "none", "--flow-opts", '{"stable": true}'], "--flow none has none"),
+    (["--flow", "sylvester", "--latent-dim", "4", "--flow-opts", '{"num_ortho": 5}'], "num_ortho must be <= dim=4"),
 ])
 def test_vae_bad_arguments_exit_2_before_any_work(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -125,3 +126,12 @@ def test_help_lists_vae(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "demo" in out and "vae" in out
+
+
+def test_vae_flow_opts_are_checked_against_the_latent_dimension(tmp_path):
+    # an option valid for the run's 4 latents (not for a toy layer of 2) trains
+    argv = ["vae", "--flow", "sylvester", "--num-flows", "1", "--flow-opts", '{"num_ortho": 3}', "--epochs", "1",
+            "--out", str(tmp_path)] + TINY
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["flow_opts"] == {"num_ortho": 3}

@@ -82,8 +82,8 @@ def check_args(args):
             raise ValueError("--flow-opts is not supported with --strategy ddp; use --strategy single")
         from ..transforms import flow as build_flow
 
-        try:  # a layer built now names a bad option before any work
-            build_flow(args.flow, 2, 1, **args.flow_opts)
+        try:  # a layer built now, as the guide will build it (amortized), names a bad option before any work
+            build_flow(args.flow, args.latent_dim, 1, context_dim=args.hidden, **args.flow_opts)
         except (TypeError, ValueError) as err:
             raise ValueError(f"--flow-opts {json.dumps(args.flow_opts)} does not fit --flow {args.flow}: {err}") from None
     if args.lr_decay < 0:
