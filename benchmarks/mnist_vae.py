@@ -117,6 +117,13 @@ def _cli_args(args, family, k, folder):
     return argv
 
 
+def _family_label(family, flow_opts):
+    """The table's family column: ``sylvester``, or ``sylvester (num_ortho=8)`` for a row with layer options."""
+    if not flow_opts:
+        return family
+    return f"{family} ({', '.join(f'{key}={json.dumps(value)}' for key, value in sorted(flow_opts.items()))})"
+
+
 def _load(path):
     return json.loads(Path(path).read_text()) if Path(path).exists() else {"rows": []}
 
@@ -190,7 +197,8 @@ def write_report(args, report):
             iwae = _fmt(row.get("test_iwae"))
             if row.get("test_iwae_best"):
                 iwae += f" (k={row['test_iwae_best']['k']}: {row['test_iwae_best']['value'][0]:.2f})"
-            lines.append(f"| {family} | {k} | {status} | {row['epochs_done']} ({row.get('best_epoch', '?')}) | "
+            lines.append(f"| {_family_label(family, (row.get('settings') or {}).get('flow_opts'))} | {k} | {status} | "
+                         f"{row['epochs_done']} ({row.get('best_epoch', '?')}) | "
                          f"{_fmt(row.get('train_elbo'))} | {_fmt(row.get('valid_elbo'))} | {_fmt(row.get('test_elbo'))} | "
                          f"{iwae} | {row['seconds_per_epoch']:.1f} | {wall:.2f} | {hw_text} |")
             continue
@@ -199,7 +207,8 @@ def write_report(args, report):
             histories[label + " (partial)"] = history
             best = min(history, key=lambda h: h["valid"])
             seconds = sum(h["seconds"] for h in history)
-            lines.append(f"| {family} | {k} | **partial**: {len(history)}/{args.epochs} epochs | {len(history)} "
+            lines.append(f"| {_family_label(family, _flow_opts(args, family))} | {k} | **partial**: "
+                         f"{len(history)}/{args.epochs} epochs | {len(history)} "
                          f"({best['epoch']}) | {history[-1]['train']:.2f} (last) | {best['valid']:.2f} (best) | | | "
                          f"{seconds / len(history):.1f} | {seconds / 3600:.2f} | {hw_text} |")
         else:

@@ -86,6 +86,7 @@ def test_mnist_vae_benchmark_with_flow_opts(bench, tmp_path):
     assert (runs / "coupling_K1_stable-true" / "best.pt").exists() and not (runs / "coupling_K1").exists()
     assert "--flow-opts" in json.loads((out / "mnist_vae.json").read_text())["command"]
     assert row["test_iwae_best"]["k"] == 10  # the best model reloads with its flow options
+    assert "| coupling (stable=true) | 1 | complete |" in (out / "mnist_vae.md").read_text()
     # a run without the options in the same runs folder is another run: not listed as this table's partial row
     (runs / "coupling_K2").mkdir()
     assert nfvi(["vae", "--flow", "coupling", "--num-flows", "2", "--out", str(runs / "coupling_K2")]
