@@ -33,7 +33,7 @@ except ImportError as error:  # pragma: no cover - exercised by a test that hide
     ) from error
 
 from .guides.checkpoint import get_rng_state, set_rng_state
-from .guides.fast import _check_contexts
+from .guides.fast import check_module_local_contexts
 from .guides.guard import DEFAULT_MAX_SKIPS, NonFiniteGuard
 from .validation import check_positive
 
@@ -149,7 +149,7 @@ class SVIModule(lightning.LightningModule):
                 "SVIModule needs module-local parameters: call pyro.settings.set(module_local_params=True) "
                 "before building the model and the guide, then build them and the SVIModule"
             )
-        _check_contexts(model, guide)
+        check_module_local_contexts(model, guide)
         if not isinstance(guide, torch.nn.Module):
             raise TypeError(f"guide must be an nn.Module (e.g. AmortizedFlowGuide), got {type(guide).__name__}")
         if getattr(guide, "is_set_up", True) is False:

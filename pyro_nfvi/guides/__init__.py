@@ -15,7 +15,7 @@ from .amortized import AmortizedFlowGuide
 from .auto import AutoFlowGuide
 from .checkpoint import load_checkpoint, save_checkpoint
 from .decentering import DecenteringTransform, decenterable_sites
-from .fast import FastSVI, fit_fast
+from .fast import FastSVI, check_module_local_contexts, fit_fast
 from .laplace import PRECONDITION_MAX_DIM, Preconditioner, laplace_approximation
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FastSVI",
     "PRECONDITION_MAX_DIM",
     "Preconditioner",
+    "check_module_local_contexts",
     "decenterable_sites",
     "fit_fast",
     "laplace_approximation",

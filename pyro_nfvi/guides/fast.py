@@ -34,7 +34,7 @@ from ..validation import check_int, check_positive
 from .checkpoint import load_checkpoint, save_checkpoint
 from .guard import DEFAULT_MAX_SKIPS, NonFiniteGuard
 
-__all__ = ["FastSVI", "fit_fast"]
+__all__ = ["FastSVI", "check_module_local_contexts", "fit_fast"]
 
 
 def _adam(params, lr):
@@ -45,7 +45,30 @@ def _adam(params, lr):
         return torch.optim.Adam(params, lr=lr)
 
 
-def _check_contexts(*modules):
+def check_module_local_contexts(*modules):
+    """Refuse a ``PyroModule`` built before ``pyro.settings.set(module_local_params=True)``.
+
+    With module-local params each ``PyroModule`` keeps its parameters in a state it creates when it
+    is built; one built before the setting would silently keep reading the global param store.
+    Does nothing when the setting is off.  Used by :class:`FastSVI` and by
+    :class:`pyro_nfvi.lightning.SVIModule`.
+
+    Args:
+        *modules: the model and the guide (objects that are not ``nn.Module`` are skipped).
+
+    Raises:
+        ValueError: naming the class of the first module built too early.
+
+    Example:
+        >>> from pyro.nn import PyroModule
+        >>> early = PyroModule[torch.nn.Linear](2, 2)
+        >>> with pyro.settings.context(module_local_params=True):
+        ...     check_module_local_contexts(PyroModule[torch.nn.Linear](2, 2))  # built in time: fine
+        ...     check_module_local_contexts(early)
+        Traceback (most recent call last):
+        ...
+        ValueError: PyroLinear was built before pyro.settings.set(module_local_params=True); set it first, then build the model and the guide
+    """
     if not pyro.settings.get("module_local_params"):
         return
     for top in modules:
@@ -104,7 +127,7 @@ class FastSVI:
             clip_norm = check_positive("clip_norm", clip_norm)
         if optimizer is not None and not callable(optimizer):
             raise TypeError("optimizer must be a callable params -> torch.optim.Optimizer")
-        _check_contexts(model, guide)
+        check_module_local_contexts(model, guide)
         self.model, self.guide = model, guide
         self.loss = Trace_ELBO() if loss is None else loss
         if isinstance(self.loss, JitTrace_ELBO) and pyro.settings.get("module_local_params"):
