@@ -32,7 +32,9 @@ def make_data(seed=DATA_SEED):
     rng = np.random.default_rng(seed)
     cov = np.full((P, P), RHO)
     np.fill_diagonal(cov, 1.0)
-    X = rng.multivariate_normal(np.zeros(P), cov, size=N)
+    # the Cholesky factor is unique; the default SVD is not (four equal eigenvalues), and which basis of
+    # that eigenspace LAPACK returns changed between numpy builds, and with it the data
+    X = rng.multivariate_normal(np.zeros(P), cov, size=N, method="cholesky")
     beta = TAU * rng.normal(size=P)
     y = X @ beta + rng.normal(size=N)
     return X, y
