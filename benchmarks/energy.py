@@ -22,7 +22,9 @@ Every finished row is appended at once to ``<out>/energy.json`` (with the histog
 of its ``q`` in ``<out>/energy_hist.npz``); a row already there with the same settings is skipped,
 so the grid can be filled in several sittings.  Each run rewrites ``<out>/energy.md`` (the table
 of every stored row) and ``<out>/energy_grid.png`` (R&M's Figure 3: rows = targets, columns = the
-true density and then ``q`` for planar K=2, 8, 32 and every other family at its largest K run).
+true density and then ``q`` for planar K=2, 8, 32 and every other family at its largest K run) and,
+per family, ``<out>/energy_grid_<family>.png`` (rows = targets, columns = the true density and ``q``
+at each K run).
 
 Usage::
 
@@ -210,6 +212,13 @@ def best_rows(rows):
     return best
 
 
+def panel_title_and_counts(row, family, k, hists):
+    """``(title, counts)`` of one figure panel: the histogram of ``row``'s ``q`` (``None`` if not run)."""
+    counts = hists.get(hist_name(row)) if row is not None and row.get("bound") is not None else None
+    title = f"{'Pyro planar' if family == PYRO else family} K={k}" + (f"\nKL {row['kl']:.3f}" if counts is not None else "")
+    return title, counts
+
+
 def write_figure(out, rows, hists):
     best = best_rows(rows)
     columns = figure_columns(list(best.values()))
@@ -220,11 +229,15 @@ def write_figure(out, rows, hists):
     for target in targets:
         panels[target] = []
         for family, k in columns:
-            r = best.get((target, family, k))
-            counts = hists.get(hist_name(r)) if r is not None else None
-            title = f"{'Pyro planar' if family == PYRO else family} K={k}" + (f"\nKL {r['kl']:.3f}" if counts is not None else "")
-            panels[target].append((title, counts))
-    return plot_energy_panels(panels, out / "energy_grid.png", extent=FIGURE_EXTENT, panel_size=1.7, dpi=80)
+            panels[target].append(panel_title_and_counts(best.get((target, family, k)), family, k, hists))
+    path = plot_energy_panels(panels, out / "energy_grid.png", extent=FIGURE_EXTENT, panel_size=1.7, dpi=80)
+    for family in dict.fromkeys(r["family"] for r in best.values()):
+        ks = sorted({k for f, k in ((r["family"], r["num_flows"]) for r in best.values()) if f == family})
+        family_panels = {target: [panel_title_and_counts(best.get((target, family, k)), family, k, hists) for k in ks]
+                         for target in targets}
+        plot_energy_panels(family_panels, out / f"energy_grid_{family}.png", extent=FIGURE_EXTENT,
+                           panel_size=1.7, dpi=80)
+    return path
 
 
 def checks(best):

@@ -144,5 +144,7 @@ def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
     table = (tmp_path / "energy.md").read_text()
     assert "| U1 | planar | 3 | 20 |" in table and "| U1 | Pyro AutoNormalizingFlow (planar) | 2 | 20 |" in table
     assert 1000 < (tmp_path / "energy_grid.png").stat().st_size < 1_000_000
+    for family in ("planar", "pyro_planar"):  # one figure per family: targets x K
+        assert 1000 < (tmp_path / f"energy_grid_{family}.png").stat().st_size < 1_000_000
     with pytest.raises(SystemExit):
         mod["parse_args"](["--final-lr", "0"])
