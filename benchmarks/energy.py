@@ -232,7 +232,7 @@ def write_figure(out, rows, hists):
             panels[target].append(panel_title_and_counts(best.get((target, family, k)), family, k, hists))
     path = plot_energy_panels(panels, out / "energy_grid.png", extent=FIGURE_EXTENT, panel_size=1.7, dpi=80)
     for family in dict.fromkeys(r["family"] for r in best.values()):
-        ks = sorted({k for f, k in ((r["family"], r["num_flows"]) for r in best.values()) if f == family})
+        ks = sorted({r["num_flows"] for r in best.values() if r["family"] == family})
         family_panels = {target: [panel_title_and_counts(best.get((target, family, k)), family, k, hists) for k in ks]
                          for target in targets}
         plot_energy_panels(family_panels, out / f"energy_grid_{family}.png", extent=FIGURE_EXTENT,
