@@ -52,6 +52,7 @@ from tqdm import tqdm
 from pyro_nfvi.objectives import AnnealedELBO, constant, linear_warmup
 from pyro_nfvi.targets import (
     ENERGIES,
+    EnergyFitDiverged,
     energy_histogram,
     energy_model,
     estimate_bound,
@@ -115,7 +116,8 @@ def fit_pyro_planar(target, num_flows, args, progress):
             beta = objective.beta
             loss = svi.step()
             if not math.isfinite(loss):
-                raise FloatingPointError(f"the fit diverged at step {step}/{args.steps} (loss {loss}) with lr={args.lr:g}")
+                raise EnergyFitDiverged(f"the fit diverged at step {step}/{args.steps} (loss {loss}) with lr={args.lr:g}",
+                                        step, history)
             optim.step()  # the learning-rate schedule
             losses.append(loss)
             if progress and (len(losses) == 100 or step == args.steps):
@@ -132,7 +134,7 @@ def fit_pyro_planar(target, num_flows, args, progress):
             torch.manual_seed(args.seed)
             z = guide.get_posterior().sample((FIGURE_SAMPLES,))
     if not math.isfinite(bound):
-        raise FloatingPointError(f"the fit diverged (final bound {bound}) with lr={args.lr:g}")
+        raise EnergyFitDiverged(f"the fit diverged (final bound {bound}) with lr={args.lr:g}", args.steps, history)
     row = {"initial_bound": initial_bound, "bound": bound, "bound_se": bound_se, "log_z": log_z,
            "ms_per_step": 1000.0 * train_seconds / args.steps, "cpu_ms_per_step": 1000.0 * train_cpu_seconds / args.steps,
            "seconds": time.perf_counter() - start, "skipped": 0, "history": [list(h) for h in history]}
@@ -160,8 +162,8 @@ def run(target, family, num_flows, args, progress=False):
             result, counts = fit_pyro_planar(target, num_flows, args, progress)
         else:
             result, counts = fit_ours(target, family, num_flows, args, progress)
-    except FloatingPointError as err:
-        result, counts = {"bound": None, "error": str(err)}, None
+    except EnergyFitDiverged as err:  # the row keeps the error and the record up to it
+        result, counts = {"bound": None, "error": str(err), "history": [list(h) for h in err.history]}, None
     row.update(result)
     if row["bound"] is not None:
         row["kl"] = row["log_z"] - row["bound"]
@@ -213,8 +215,10 @@ def best_rows(rows):
 
 
 def panel_title_and_counts(row, family, k, hists):
-    """``(title, counts)`` of one figure panel: the histogram of ``row``'s ``q`` (``None`` if not run)."""
-    counts = hists.get(hist_name(row)) if row is not None and row.get("bound") is not None else None
+    """``(title, counts)`` of one figure panel: the histogram of ``row``'s ``q`` (``None`` if not run, ``"diverged"``)."""
+    if row is not None and row.get("bound") is None:
+        return f"{'Pyro planar' if family == PYRO else family} K={k}", "diverged"
+    counts = hists.get(hist_name(row)) if row is not None else None
     title = f"{'Pyro planar' if family == PYRO else family} K={k}" + (f"\nKL {row['kl']:.3f}" if counts is not None else "")
     return title, counts
 

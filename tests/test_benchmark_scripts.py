@@ -146,5 +146,14 @@ def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
     assert 1000 < (tmp_path / "energy_grid.png").stat().st_size < 1_000_000
     for family in ("planar", "pyro_planar"):  # one figure per family: targets x K
         assert 1000 < (tmp_path / f"energy_grid_{family}.png").stat().st_size < 1_000_000
+    # a diverged fit is a row too: its error and its record up to the failure, "diverged" in the table
+    diverged = mod["main"](mod["parse_args"](["--targets", "U1", "--families", "planar", "--num-flows", "2",
+                                              "--steps", "1001", "--samples", "8", "--eval-samples", "200",
+                                              "--lr", "1e5", "--out", str(tmp_path)]))["rows"][-1]
+    assert diverged["bound"] is None and "diverged" in diverged["error"] and "kl" not in diverged
+    assert isinstance(diverged["history"], list)
+    assert "| U1 | planar | 2 | 1001 | diverged |" in (tmp_path / "energy.md").read_text()
+    best = mod["best_rows"](json.loads((tmp_path / "energy.json").read_text())["rows"])
+    assert mod["panel_title_and_counts"](best[("U1", "planar", 2)], "planar", 2, {}) == ("planar K=2", "diverged")
     with pytest.raises(SystemExit):
         mod["parse_args"](["--final-lr", "0"])

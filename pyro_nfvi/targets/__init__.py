@@ -28,7 +28,7 @@ from .energies import (
     log_normalizer,
     target_energy,
 )
-from .fit import EnergyFit, estimate_bound, fit_energy
+from .fit import EnergyFit, EnergyFitDiverged, estimate_bound, fit_energy
 from .plot import energy_histogram, plot_energy_fits, plot_energy_panels
 from .vae import Decoder, VAEModel, iwae_nll, negative_elbo, vae_guide
 from .vae_training import VAERun, evaluate_vae, train_vae
@@ -38,6 +38,7 @@ __all__ = [
     "Decoder",
     "ENERGIES",
     "EnergyFit",
+    "EnergyFitDiverged",
     "U1",
     "U2",
     "U3",

@@ -41,7 +41,7 @@ from ..transforms import FAMILIES
 from ..validation import check_choice, check_int, check_positive
 from .energies import BOX, WALL, energy_model, log_normalizer, target_energy
 
-__all__ = ["EnergyFit", "REPORT_SAMPLES", "estimate_bound", "fit_energy"]
+__all__ = ["EnergyFit", "EnergyFitDiverged", "REPORT_SAMPLES", "estimate_bound", "fit_energy"]
 
 #: Samples of the bound estimate in each progress report (at most ``eval_samples``).
 REPORT_SAMPLES = 2000
@@ -162,6 +162,25 @@ class EnergyFit:
         return torch.cat([z for z, _ in _draw(self.guide, num_samples, seed)])
 
 
+class EnergyFitDiverged(FloatingPointError):
+    """:func:`fit_energy` diverged: the message says where and what to do; the record up to then is kept.
+
+    Attributes:
+        step (int): the step at which the fit stopped (``steps`` if only the final bound was not finite).
+        history (list): ``(step, beta, bound)`` per report up to then, as in :attr:`EnergyFit.history`.
+
+    Example:
+        >>> err = EnergyFitDiverged("the fit diverged at step 7/10", step=7, history=[(5, 0.5, -1.0)])
+        >>> isinstance(err, FloatingPointError), err.step, err.history
+        (True, 7, [(5, 0.5, -1.0)])
+    """
+
+    def __init__(self, message, step, history):
+        super().__init__(message)
+        self.step = step
+        self.history = list(history)
+
+
 def _diverged(lr, step, steps, what):
     return (
         f"the fit diverged at step {step}/{steps} ({what}) with learning rate lr={lr:g}; "
@@ -260,8 +279,9 @@ def fit_energy(
         ``objective`` and ``history`` (``(step, beta, bound)`` per report).
 
     Raises:
-        FloatingPointError: if the fit diverges (a non-finite loss, parameter or final bound); the
-            message names the learning rate and suggests a smaller one.
+        EnergyFitDiverged: (a ``FloatingPointError``) if the fit diverges (a non-finite loss,
+            parameter, run of gradients or final bound); the message names the learning rate and
+            suggests a smaller one, and the exception keeps the ``history`` up to the failure.
 
     Example:
         >>> fit = fit_energy("U1", num_flows=2, steps=20, samples=16, eval_samples=500, grid=100)
@@ -338,9 +358,12 @@ def fit_energy(
                 except ValueError as err:  # e.g. a NaN draw rejected by distribution validation
                     if all(bool(torch.isfinite(p).all()) for p in guide.parameters()):
                         raise
-                    raise FloatingPointError(_diverged(lr, step, steps, "non-finite parameters")) from err
+                    raise EnergyFitDiverged(_diverged(lr, step, steps, "non-finite parameters"), step,
+                                            history) from err
+                except FloatingPointError as err:  # FastSVI's guard: too many non-finite gradients in a row
+                    raise EnergyFitDiverged(str(err), step, history) from err
                 if not math.isfinite(loss):
-                    raise FloatingPointError(_diverged(lr, step, steps, f"loss {loss}"))
+                    raise EnergyFitDiverged(_diverged(lr, step, steps, f"loss {loss}"), step, history)
                 lr_decay[0].step()
                 running.append(loss)
                 if progress:
@@ -363,7 +386,7 @@ def fit_energy(
         train_cpu_seconds = time.process_time() - train_cpu_start
         bound, bound_se = estimate_bound(guide, energy, eval_samples, seed)
     if not math.isfinite(bound):
-        raise FloatingPointError(_diverged(lr, steps, steps, f"final bound {bound}"))
+        raise EnergyFitDiverged(_diverged(lr, steps, steps, f"final bound {bound}"), steps, history)
     seconds = time.perf_counter() - start
     return EnergyFit(
         target=target,

@@ -46,9 +46,10 @@ def plot_energy_panels(panels, path, extent=BOX, box=BOX, wall=WALL, panel_size=
     r"""Save a grid figure: per target, :math:`e^{-U}` and then one histogram panel per approximation.
 
     Args:
-        panels (dict): ``{target: [(title, counts or None), ...]}`` in row order; ``counts`` from
-            :func:`energy_histogram` over the same ``extent``; ``None`` draws an empty panel marked
-            "not run" (so that a column keeps its meaning across rows).
+        panels (dict): ``{target: [(title, counts), ...]}`` in row order; ``counts`` from
+            :func:`energy_histogram` over the same ``extent``, or a string (e.g. ``"diverged"``)
+            drawn on an empty panel, or ``None`` for an empty panel marked "not run" (so that a
+            column keeps its meaning across rows).
         path (str or os.PathLike): output file (format from the extension, e.g. ``.png``, ``.pdf``).
         extent (float): half-width of the plotted square.
         box, wall: the target's box wall (as used for the fits).
@@ -62,7 +63,7 @@ def plot_energy_panels(panels, path, extent=BOX, box=BOX, wall=WALL, panel_size=
         >>> import tempfile
         >>> counts = energy_histogram(torch.randn(1000, 2), bins=40)
         >>> path = os.path.join(tempfile.mkdtemp(), "u.png")
-        >>> out = plot_energy_panels({"U1": [("N(0, I)", counts)], "U2": [("-", None)]}, path)
+        >>> out = plot_energy_panels({"U1": [("N(0, I)", counts)], "U2": [("-", None), ("K=2", "diverged")]}, path)
         >>> os.path.getsize(out) > 0
         True
     """
@@ -82,8 +83,8 @@ def plot_energy_panels(panels, path, extent=BOX, box=BOX, wall=WALL, panel_size=
                           cmap="viridis", aspect="equal")
         axes[i, 0].set_title(f"{name}: exp(-U)", fontsize=fontsize)
         for j, (title, counts) in enumerate(row, start=1):
-            if counts is None:
-                axes[i, j].text(0.5, 0.5, "not run", ha="center", va="center", transform=axes[i, j].transAxes,
+            if counts is None or isinstance(counts, str):
+                axes[i, j].text(0.5, 0.5, "not run" if counts is None else counts, ha="center", va="center", transform=axes[i, j].transAxes,
                                 fontsize=fontsize, color="grey")
             else:
                 axes[i, j].imshow(counts, origin="lower", extent=span, cmap="viridis", aspect="equal",

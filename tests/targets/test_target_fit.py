@@ -9,6 +9,7 @@ from pyro.infer.autoguide.initialization import init_to_mean
 from pyro_nfvi.guides import AutoFlowGuide
 from pyro_nfvi.targets import (
     EnergyFit,
+    EnergyFitDiverged,
     energy_model,
     estimate_bound,
     fit_energy,
@@ -112,6 +113,16 @@ def test_reproducible_and_leaves_global_rng_and_param_store_alone():
 def test_divergence_raises_and_names_the_learning_rate():
     with pytest.raises(FloatingPointError, match=r"lr=100000.*smaller learning rate"):
         fit_energy("U1", num_flows=2, steps=50, lr=1e5, **SMALL)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered:UserWarning")
+def test_divergence_keeps_the_record_up_to_the_failure():
+    with pytest.raises(EnergyFitDiverged, match=r"lr=100000") as info:
+        fit_energy("U1", num_flows=2, steps=50, lr=1e5, log_every=1, **SMALL)
+    err = info.value
+    assert isinstance(err, FloatingPointError) and 2 <= err.step <= 50
+    # a bound estimate for every step before the failing one, in order
+    assert [h[0] for h in err.history] == list(range(1, err.step))
 
 
 def test_fit_bad_arguments():
