@@ -6,7 +6,7 @@ import torch
 from .base import FlowModule
 from .monotone import solve_monotone
 
-__all__ = ["Planar", "planar_uhat", "planar_log_det", "log_softplus", "PLANAR_SHIFT"]
+__all__ = ["Planar", "planar_uhat", "planar_shift_ratio", "planar_log_det", "log_softplus", "PLANAR_SHIFT"]
 
 #: ``log(e - 1)``: shifts the softplus in :func:`planar_uhat` so that ``u = 0`` maps to ``u-hat = 0``.
 PLANAR_SHIFT = math.log(math.e - 1.0)
@@ -19,27 +19,68 @@ def log_softplus(x):
     return torch.where(x > -15.0, torch.log(torch.nn.functional.softplus(safe)), x)
 
 
+# Taylor coefficients at a = 0 of m(a) = softplus(a + log(e-1)) - 1: m^(k)(0) = sigmoid^(k-1)(log(e-1)).
+_M1 = 1.0 - math.exp(-1.0)  # sigmoid(log(e-1))
+_M2 = _M1 * (1.0 - _M1)
+_M3 = _M2 * (1.0 - 2.0 * _M1)
+_M4 = _M3 * (1.0 - 2.0 * _M1) - 2.0 * _M2 * _M2
+_SERIES_BELOW = 1e-3  # |a| below which planar_shift_ratio uses its Taylor series
+
+
+def planar_shift_ratio(a):
+    r""":math:`g(a) = (m(a) - a) / a` for :math:`|a| \le 1`, with :math:`m(a) = \log(1 + (1 - e^{-1})(e^a - 1))`.
+
+    :math:`m(a) = \mathrm{softplus}(a + \log(e-1)) - 1` written with ``log1p``/``expm1`` is exact to
+    rounding for small :math:`a` (the softplus form loses all its digits there: ``softplus(a + log(e-1))
+    - 1`` is ``0`` in float32 for :math:`|a| < 10^{-7}`), and :math:`g(a) \to m'(0) - 1 = -e^{-1}`;
+    below :math:`|a| = 10^{-3}` a four-term Taylor series is used, so that the gradient is accurate
+    too.  :func:`planar_uhat` multiplies it by the bounded projection :math:`e^\top u` instead of
+    dividing by :math:`|w|`.
+
+    Example:
+        >>> a = torch.tensor([0.0, 1e-8, 0.5], dtype=torch.float64)
+        >>> m = torch.nn.functional.softplus(a + PLANAR_SHIFT) - 1
+        >>> round(float(planar_shift_ratio(a)[0]), 6), bool(torch.isclose(planar_shift_ratio(a)[2], (m[2] - 0.5) / 0.5))
+        (-0.367879, True)
+    """
+    series = a.abs() < _SERIES_BELOW
+    safe = torch.where(series, torch.full_like(a, 0.5), a)
+    direct = torch.log1p(_M1 * torch.expm1(safe)) / safe - 1.0
+    taylor = (_M1 - 1.0) + a * (_M2 / 2.0 + a * (_M3 / 6.0 + a * _M4 / 24.0))
+    return torch.where(series, taylor, direct)
+
+
 def planar_uhat(u, w):
     """Invertibility constraint of the planar flow: ``u-hat = u + (m(w.u) - w.u) w / |w|^2``.
 
     ``m(a) = softplus(a + log(e-1)) - 1 > -1``, so ``w . u-hat = m(w.u) > -1`` and the map
     ``z + u-hat tanh(w.z + b)`` is invertible (Rezende & Mohamed 2015, appendix A).  The shift makes
-    ``m(0) = 0`` so that ``u = 0`` gives ``u-hat = 0`` (the identity).  At ``w = 0`` the correction
-    vanishes and ``u-hat = u`` (the flow is then a translation), with no division by zero.
+    ``m(0) = 0`` so that ``u = 0`` gives ``u-hat = 0`` (the identity).  At ``w = 0`` (or a subnormal
+    ``w``) the correction vanishes and ``u-hat = u`` (the flow is then a translation), with no
+    division by zero.
 
     Returns ``(u_hat, wu)`` where ``wu = w . u`` is what the log-det needs.
+
+    Away from ``w = 0`` the correction is smooth, with the limit ``-(1/e) (e.u) e`` as ``|w| -> 0``
+    along ``e = w / |w|``, and it is computed so that values and gradients stay accurate there: for
+    ``|w.u| <= 1`` as ``(e.u) g(w.u) e`` (:func:`planar_shift_ratio`, no division by ``|w|``), beyond
+    it in a form without cancellation.  A scalar ``w`` that changes sign (the diagonal pairs of
+    :class:`~pyro_nfvi.transforms.Sylvester`) passes through that limit.
 
     Example:
         >>> u, w = torch.tensor([-3.0, 0.0]), torch.tensor([1.0, 0.0])
         >>> uhat, wu = planar_uhat(u, w)
         >>> bool((uhat * w).sum() > -1)
         True
+        >>> uhat, _ = planar_uhat(torch.tensor([2.0]), torch.tensor([1e-9]))  # m(a) / w -> m'(0) u
+        >>> round(float(uhat), 5)
+        1.26424
     """
     # Written with the unit vector e = w / |w| and the projection e.u (bounded by |u|), so that no
     # product |w| |u| is formed where it is not needed: with |w| |u| beyond the dtype's range (3e38
     # in float32) w.u overflows, but the correction (m(w.u) - w.u) / |w| stays finite.
     scale = w.abs().amax(-1, keepdim=True)
-    nonzero = scale > 0
+    nonzero = scale >= torch.finfo(w.dtype).tiny  # a subnormal w counts as 0 (1 / scale^2 would overflow)
     one = torch.ones_like(scale)
     ws = w / torch.where(nonzero, scale, one)
     nws = torch.sqrt(torch.where(nonzero, (ws * ws).sum(-1, keepdim=True), one))
@@ -47,14 +88,16 @@ def planar_uhat(u, w):
     nw = torch.where(nonzero, scale * nws, one)
     proj = (e * u).sum(-1, keepdim=True)
     wu = nw * proj
-    pos = wu > 0
-    # m(a) - a = log(e-1) - 1 + softplus(-a - log(e-1)) for a > 0 (exact, no cancellation, bounded);
-    # for a <= 0, (m(a) - a) / |w| = (softplus(a + log(e-1)) - 1) / |w| - e.u
-    wu_pos = torch.where(pos, wu, torch.zeros_like(wu))
-    wu_neg = torch.where(pos, torch.zeros_like(wu), wu)
-    coef_pos = (PLANAR_SHIFT - 1.0 + torch.nn.functional.softplus(-wu_pos - PLANAR_SHIFT)) / nw
-    coef_neg = (torch.nn.functional.softplus(wu_neg + PLANAR_SHIFT) - 1.0) / nw - proj
-    coef = torch.where(nonzero, torch.where(pos, coef_pos, coef_neg), torch.zeros_like(wu))
+    pos, neg = wu > 1.0, wu < -1.0
+    zero = torch.zeros_like(wu)
+    # a > 1: m(a) - a = log(e-1) - 1 + softplus(-a - log(e-1)) (bounded, no cancellation), over |w| < a / |e.u|
+    coef_pos = (PLANAR_SHIFT - 1.0 + torch.nn.functional.softplus(-torch.where(pos, wu, zero) - PLANAR_SHIFT)) / nw
+    # a < -1: (m(a) - a) / |w| = m(a) / |w| - e.u with m(a) in (-1, -0.5)
+    coef_neg = (torch.nn.functional.softplus(torch.where(neg, wu, zero) + PLANAR_SHIFT) - 1.0) / nw - proj
+    # |a| <= 1: (m(a) - a) / |w| = (e.u) g(a)
+    coef_mid = proj * planar_shift_ratio(torch.where(pos | neg, zero, wu))
+    coef = torch.where(pos, coef_pos, torch.where(neg, coef_neg, coef_mid))
+    coef = torch.where(nonzero, coef, zero)
     # w.u itself (for the log-det) is clamped to the dtype's range: where it overflows, w.u-hat
     # ~ w.u is so large that the log-det is dominated by it only on a slab of width ~1/|w|.
     big = torch.finfo(wu.dtype).max

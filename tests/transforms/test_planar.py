@@ -63,6 +63,46 @@ def test_uhat_at_extreme_raw_values(dtype):
     assert (wuhat[ok] > -1).all()
 
 
+def exact_uhat_and_grads(u, w):
+    """``u-hat = u + (m(w.u) - w.u) w / |w|^2`` and ``d sum(u-hat) / d(u, w)`` in 60-digit arithmetic."""
+    def uhat_sum(*uw):
+        uu, ww = uw[: len(u)], uw[len(u):]
+        a = mpmath.fsum(x * y for x, y in zip(uu, ww))
+        m = mpmath.log1p(mpmath.exp(a + mpmath.log(mpmath.e - 1))) - 1
+        n2 = mpmath.fsum(y * y for y in ww)
+        return mpmath.fsum(x + (m - a) * y / n2 for x, y in zip(uu, ww))
+
+    with mpmath.workdps(60):
+        point = [mpmath.mpf(float(x)) for x in list(u) + list(w)]
+        value = uhat_sum(*point)
+        grads = [mpmath.diff(uhat_sum, point, tuple(int(i == j) for j in range(len(point)))) for i in range(len(point))]
+    return float(value), [float(g) for g in grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, 3])
+@pytest.mark.parametrize("w_scale", [-1e-30, -1e-7, 1e-12, 1e-5, 1e-3, -0.05, 0.9, 20.0])
+def test_uhat_values_and_gradients_stay_accurate_as_w_shrinks(dtype, dim, w_scale):
+    # a scalar w that changes sign (Sylvester's diagonal pairs) passes |w| -> 0: there
+    # softplus(w.u + log(e-1)) - 1 cancels to nothing in float32, and (m - w.u) / |w| must not be
+    # formed by a division (it gave u-hat = 0 and d u-hat / d w ~ 1e6 at w = 1e-7 in float32)
+    gen = torch.Generator().manual_seed(dim)
+    u = torch.randn(dim, generator=gen, dtype=torch.float64)
+    direction = torch.randn(dim, generator=gen, dtype=torch.float64)
+    w = w_scale * direction / direction.abs().max()
+    value, grads = exact_uhat_and_grads(u.tolist(), w.tolist())
+    u_t, w_t = u.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+    uhat, _ = planar_uhat(u_t, w_t)
+    uhat.sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-11
+    scale = 1.0 + abs(value)
+    assert abs(float(uhat.detach().sum()) - value) <= tol * scale
+    got = torch.cat([u_t.grad, w_t.grad]).tolist()
+    # d/dw is O(|u|^2) near w = 0 but O(1 / |w|) for large w.u; the float32 rounding of w.u enters too
+    for g, exact in zip(got, grads):
+        assert abs(g - exact) <= 30 * tol * (1.0 + abs(exact)), (got, grads)
+
+
 def test_uhat_zero_u_and_zero_w():
     w = torch.randn(4, 3)
     uhat, wu = planar_uhat(torch.zeros(4, 3), w)
