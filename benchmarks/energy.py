@@ -20,7 +20,9 @@ every 1000 steps (bound from 2,000 draws), to show whether the fit had converged
 
 Every finished row is appended at once to ``<out>/energy.json`` (with the histogram of 50,000 draws
 of its ``q`` in ``<out>/energy_hist.npz``); a row already there with the same settings is skipped,
-so the grid can be filled in several sittings.  Each run rewrites ``<out>/energy.md`` (the table
+so the grid can be filled in several sittings.  A fit that diverges is a row too (its error and its
+``history`` up to the failure; "diverged" in the table and the figures); ``--rerun-diverged`` runs
+such cells again, appends the new row and reports it.  Each run rewrites ``<out>/energy.md`` (the table
 of every stored row) and ``<out>/energy_grid.png`` (R&M's Figure 3: rows = targets, columns = the
 true density and then ``q`` for planar K=2, 8, 32 and every other family at its largest K run) and,
 per family, ``<out>/energy_grid_<family>.png`` (rows = targets, columns = the true density and ``q``
@@ -81,7 +83,8 @@ def command_line(args):
     return (f"python benchmarks/energy.py --targets {' '.join(args.targets)} --families {' '.join(args.families)} "
             f"--num-flows {' '.join(map(str, args.num_flows))} --steps {args.steps} --samples {args.samples} "
             f"--lr {args.lr:g} --final-lr {args.final_lr:g} --anneal-steps {args.anneal_steps} "
-            f"--eval-samples {args.eval_samples} --seed {args.seed}")
+            f"--eval-samples {args.eval_samples} --seed {args.seed}"
+            + (" --rerun-diverged" if getattr(args, "rerun_diverged", False) else ""))
 
 
 def anneal_steps(args):
@@ -302,7 +305,9 @@ def main(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, hists = load(out)
-    done = {row_key(r) for r in rows}
+    # a stored row is not rerun; a diverged one is with --rerun-diverged (the new row is appended and
+    # reported, the old one stays in the JSON as the record of that sitting)
+    done = {row_key(r) for r in rows if r.get("bound") is not None or not args.rerun_diverged}
     for target in args.targets:
         for family in args.families:
             for k in args.num_flows:
@@ -345,6 +350,8 @@ def parse_args(argv=None):
                         help="draws for the final bound (default: 200000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per fit (loss and beta)")
+    parser.add_argument("--rerun-diverged", action="store_true",
+                        help="run again the cells whose stored row diverged (the new row is reported)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     args = parser.parse_args(argv)
     for name in ("steps", "samples", "eval_samples"):

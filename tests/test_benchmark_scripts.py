@@ -153,7 +153,14 @@ def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
     assert diverged["bound"] is None and "diverged" in diverged["error"] and "kl" not in diverged
     assert isinstance(diverged["history"], list)
     assert "| U1 | planar | 2 | 1001 | diverged |" in (tmp_path / "energy.md").read_text()
-    best = mod["best_rows"](json.loads((tmp_path / "energy.json").read_text())["rows"])
+    stored = json.loads((tmp_path / "energy.json").read_text())["rows"]
+    best = mod["best_rows"](stored)
     assert mod["panel_title_and_counts"](best[("U1", "planar", 2)], "planar", 2, {}) == ("planar K=2", "diverged")
+    # the same cell again: skipped; with --rerun-diverged run again, appended and reported
+    argv_diverged = ["--targets", "U1", "--families", "planar", "--num-flows", "2", "--steps", "1001", "--samples", "8",
+                     "--eval-samples", "200", "--lr", "1e5", "--out", str(tmp_path)]
+    assert len(mod["main"](mod["parse_args"](argv_diverged))["rows"]) == len(stored)
+    rerun = mod["main"](mod["parse_args"](argv_diverged + ["--rerun-diverged"]))["rows"]
+    assert len(rerun) == len(stored) + 1 and rerun[-1]["command"].endswith("--rerun-diverged")
     with pytest.raises(SystemExit):
         mod["parse_args"](["--final-lr", "0"])
