@@ -189,9 +189,10 @@ class Sylvester(FlowModule):
       to a rotation (:func:`complete_to_rotation`, :math:`\det Q = +1`): a raw last column would only
       choose the orientation, which flips when it crosses the span of the others -- a jump of the
       map, with the QR gradient :math:`\propto 1/r_{DD}` blowing up on the way (seen on U2 in two
-      dimensions after 19,736 steps).  Nothing is lost: a reflection ``Q S`` (``S`` flipping the
-      last column's sign) is the rotation ``Q`` with the signs of ``R``'s last row and ``R~``'s last
-      column flipped, which the raw parameters reach;
+      dimensions after 19,736 steps).  Nothing is lost: with ``S`` the sign flip of the last
+      coordinate, ``(Q S, R, R~)`` and ``(Q, S R, R~ S)`` give the same map, and ``S R`` (``r_DD``
+      negated) and ``R~ S`` (last column negated) are reached by negating the raw ``r~_DD``,
+      ``rho_DD`` and ``R~``'s last column;
     * ``"householder"``: the product of ``num_householder`` reflections, ``householder_product``
       (``M = D``);
     * ``"triangular"``: a fixed permutation, the identity or (``reverse=True``) the reversal
