@@ -116,11 +116,11 @@ def orthonormalize(w, max_iter=100):
 def complete_to_rotation(q):
     r"""``[q, n]``: the ``D - 1`` orthonormal columns ``q`` (``(..., D, D-1)``) completed by their unit normal :math:`n`, with :math:`\det = +1`.
 
-    The normal is :math:`n = (I - q q^\top) c / \|(I - q q^\top) c\|` for ``c`` the last column of a
-    complete QR of the detached ``q``, signed so that the determinant is +1; at the point itself
-    :math:`q^\top c = 0`, so the value is exact and the gradient is that of the normal as a
-    function of ``q``, :math:`dn = -q\,(dq^\top n)`.  The result is a smooth function of ``q``: a
-    rotation of :math:`SO(D)`.
+    :math:`P = I - q q^\top = n n^\top` is the projector on the normal line; its column :math:`j`
+    with the largest diagonal entry (:math:`P_{jj} = n_j^2 \ge 1/D`) divided by
+    :math:`\sqrt{P_{jj}}` is :math:`\pm n`, signed so that the determinant is +1.  With ``j`` and the
+    sign held fixed (both are locally constant) this is a smooth function of ``q`` and its gradient
+    is that of the normal, :math:`dn = -q\,(dq^\top n)`: the result is a rotation of :math:`SO(D)`.
 
     Example:
         >>> q = complete_to_rotation(qr_orthonormal(torch.randn(3, 2, dtype=torch.float64)))
@@ -130,13 +130,14 @@ def complete_to_rotation(q):
     d = q.shape[-2]
     if q.shape[-1] != d - 1:
         raise ValueError(f"complete_to_rotation needs D - 1 columns, got a matrix of shape {tuple(q.shape)}")
+    proj = torch.eye(d, dtype=q.dtype, device=q.device) - q @ q.mT
+    diag = torch.diagonal(proj, dim1=-2, dim2=-1)
+    j = diag.detach().argmax(-1, keepdim=True)  # (..., 1)
+    column = proj.gather(-1, j.unsqueeze(-2).expand(proj.shape[:-1] + (1,)))  # (..., D, 1)
+    n = column / torch.sqrt(diag.gather(-1, j)).unsqueeze(-1)
     with torch.no_grad():
-        c = torch.linalg.qr(q, mode="complete").Q[..., -1:]
-        sign = torch.where(torch.linalg.det(torch.cat([q, c], -1)) >= 0, 1.0, -1.0).to(q.dtype)
-        c = c * sign[..., None, None]
-    n = c - q @ (q.mT @ c)
-    n = n / torch.linalg.vector_norm(n, dim=-2, keepdim=True)
-    return torch.cat([q, n], -1)
+        sign = torch.where(torch.linalg.det(torch.cat([q, n], -1)) >= 0, 1.0, -1.0).to(q.dtype)
+    return torch.cat([q, n * sign[..., None, None]], -1)
 
 
 def householder_product(v):
