@@ -28,7 +28,7 @@ _SERIES_BELOW = 1e-3  # |a| below which planar_shift_ratio uses its Taylor serie
 
 
 def planar_shift_ratio(a):
-    r""":math:`g(a) = (m(a) - a) / a` for :math:`|a| \le 1`, with :math:`m(a) = \log(1 + (1 - e^{-1})(e^a - 1))`.
+    r""":math:`g(a) = (m(a) - a) / a` for :math:`a \le 1`, with :math:`m(a) = \log(1 + (1 - e^{-1})(e^a - 1))`.
 
     :math:`m(a) = \mathrm{softplus}(a + \log(e-1)) - 1` written with ``log1p``/``expm1`` is exact to
     rounding for small :math:`a` (the softplus form loses all its digits there: ``softplus(a + log(e-1))
@@ -44,7 +44,7 @@ def planar_shift_ratio(a):
         (-0.367879, True)
     """
     series = a.abs() < _SERIES_BELOW
-    safe = torch.where(series, torch.full_like(a, 0.5), a)
+    safe = torch.where(series, torch.full_like(a, -1.0), a)
     direct = torch.log1p(_M1 * torch.expm1(safe)) / safe - 1.0
     taylor = (_M1 - 1.0) + a * (_M2 / 2.0 + a * (_M3 / 6.0 + a * _M4 / 24.0))
     return torch.where(series, taylor, direct)
@@ -63,9 +63,9 @@ def planar_uhat(u, w):
 
     Away from ``w = 0`` the correction is smooth, with the limit ``-(1/e) (e.u) e`` as ``|w| -> 0``
     along ``e = w / |w|``, and it is computed so that values and gradients stay accurate there: for
-    ``|w.u| <= 1`` as ``(e.u) g(w.u) e`` (:func:`planar_shift_ratio`, no division by ``|w|``), beyond
-    it in a form without cancellation.  A scalar ``w`` that changes sign (the diagonal pairs of
-    :class:`~pyro_nfvi.transforms.Sylvester`) passes through that limit.
+    ``w.u <= 1`` as ``(e.u) g(w.u) e`` (:func:`planar_shift_ratio`, no division by ``|w|``), above it
+    in a form without cancellation that survives an overflow of ``w.u``.  A scalar ``w`` that changes
+    sign (the diagonal pairs of :class:`~pyro_nfvi.transforms.Sylvester`) passes through that limit.
 
     Example:
         >>> u, w = torch.tensor([-3.0, 0.0]), torch.tensor([1.0, 0.0])
@@ -88,16 +88,14 @@ def planar_uhat(u, w):
     nw = torch.where(nonzero, scale * nws, one)
     proj = (e * u).sum(-1, keepdim=True)
     wu = nw * proj
-    pos, neg = wu > 1.0, wu < -1.0
+    pos = wu > 1.0
     zero = torch.zeros_like(wu)
-    # a > 1: m(a) - a = log(e-1) - 1 + softplus(-a - log(e-1)) (bounded, no cancellation), over |w| < a / |e.u|
+    # a > 1: m(a) - a = log(e-1) - 1 + softplus(-a - log(e-1)) (bounded, no cancellation), over |w| > a / |e.u|
+    # (w.u may have overflowed to inf there, e.u has not)
     coef_pos = (PLANAR_SHIFT - 1.0 + torch.nn.functional.softplus(-torch.where(pos, wu, zero) - PLANAR_SHIFT)) / nw
-    # a < -1: (m(a) - a) / |w| = m(a) / |w| - e.u with m(a) in (-1, -0.5)
-    coef_neg = (torch.nn.functional.softplus(torch.where(neg, wu, zero) + PLANAR_SHIFT) - 1.0) / nw - proj
-    # |a| <= 1: (m(a) - a) / |w| = (e.u) g(a)
-    coef_mid = proj * planar_shift_ratio(torch.where(pos | neg, zero, wu))
-    coef = torch.where(pos, coef_pos, torch.where(neg, coef_neg, coef_mid))
-    coef = torch.where(nonzero, coef, zero)
+    # a <= 1: (m(a) - a) / |w| = (e.u) g(a), no division by |w|
+    coef_rest = proj * planar_shift_ratio(torch.where(pos, zero, wu))
+    coef = torch.where(nonzero, torch.where(pos, coef_pos, coef_rest), zero)
     # w.u itself (for the log-det) is clamped to the dtype's range: where it overflows, w.u-hat
     # ~ w.u is so large that the log-det is dominated by it only on a slab of width ~1/|w|.
     big = torch.finfo(wu.dtype).max
