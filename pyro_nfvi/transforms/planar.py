@@ -63,7 +63,7 @@ def planar_uhat(u, w):
 
     Away from ``w = 0`` the correction is smooth, with the limit ``-(1/e) (e.u) e`` as ``|w| -> 0``
     along ``e = w / |w|``, and it is computed so that values and gradients stay accurate there: for
-    ``w.u <= 1`` as ``(e.u) g(w.u) e`` (:func:`planar_shift_ratio`, no division by ``|w|``), above it
+    ``w.u <= 1`` as ``(e.u) g(w.u) e`` (``planar_shift_ratio``, no division by ``|w|``), above it
     in a form without cancellation that survives an overflow of ``w.u``.  A scalar ``w`` that changes
     sign (the diagonal pairs of :class:`~pyro_nfvi.transforms.Sylvester`) passes through that limit.
 

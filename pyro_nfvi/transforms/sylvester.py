@@ -130,6 +130,8 @@ def complete_to_rotation(q):
     d = q.shape[-2]
     if q.shape[-1] != d - 1:
         raise ValueError(f"complete_to_rotation needs D - 1 columns, got a matrix of shape {tuple(q.shape)}")
+    if d == 2:  # the quarter turn of the first column: the same normal, in two operations
+        return torch.cat([q, torch.cat([-q[..., 1:, :], q[..., :1, :]], -2)], -1)
     proj = torch.eye(d, dtype=q.dtype, device=q.device) - q @ q.mT
     diag = torch.diagonal(proj, dim1=-2, dim2=-1)
     j = diag.detach().argmax(-1, keepdim=True)  # (..., 1)
@@ -187,7 +189,7 @@ class Sylvester(FlowModule):
       (``"bjorck"``: Bjorck iteration to machine precision, van den Berg et al.'s choice, about 10x
       the cost for a batch of amortized matrices); both differentiable.  With ``M = D`` (the
       default) the raw matrix has ``D - 1`` columns and ``Q`` is their orthonormalisation completed
-      to a rotation (:func:`complete_to_rotation`, :math:`\det Q = +1`): a raw last column would only
+      to a rotation (``complete_to_rotation``, :math:`\det Q = +1`): a raw last column would only
       choose the orientation, which flips when it crosses the span of the others -- a jump of the
       map, with the QR gradient :math:`\propto 1/r_{DD}` blowing up on the way (seen on U2 in two
       dimensions after 19,736 steps).  Nothing is lost: with ``S`` the sign flip of the last
