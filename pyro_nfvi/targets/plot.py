@@ -84,8 +84,8 @@ def plot_energy_panels(panels, path, extent=BOX, box=BOX, wall=WALL, panel_size=
         axes[i, 0].set_title(f"{name}: exp(-U)", fontsize=fontsize)
         for j, (title, counts) in enumerate(row, start=1):
             if counts is None or isinstance(counts, str):
-                axes[i, j].text(0.5, 0.5, "not run" if counts is None else counts, ha="center", va="center", transform=axes[i, j].transAxes,
-                                fontsize=fontsize, color="grey")
+                axes[i, j].text(0.5, 0.5, "not run" if counts is None else counts, ha="center", va="center",
+                                transform=axes[i, j].transAxes, fontsize=fontsize, color="grey")
             else:
                 axes[i, j].imshow(counts, origin="lower", extent=span, cmap="viridis", aspect="equal",
                                   interpolation="nearest")

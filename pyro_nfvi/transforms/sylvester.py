@@ -114,7 +114,7 @@ def orthonormalize(w, max_iter=100):
 
 
 def complete_to_rotation(q):
-    r"""``[q, n]``: the ``D - 1`` orthonormal columns ``q`` (``(..., D, D-1)``) completed by their unit normal :math:`n`, with :math:`\det = +1`.
+    r"""``[q, n]``: ``D - 1`` orthonormal columns ``q`` (``(..., D, D-1)``) and their unit normal :math:`n`, :math:`\det = +1`.
 
     :math:`P = I - q q^\top = n n^\top` is the projector on the normal line; its column :math:`j`
     with the largest diagonal entry (:math:`P_{jj} = n_j^2 \ge 1/D`) divided by
@@ -339,7 +339,7 @@ class Sylvester(FlowModule):
         return init
 
     def _raw_columns(self):
-        """Columns of the raw ``Q`` of ``kind="orthogonal"``: ``M``, or ``D - 1`` if ``M = D`` (completed to a rotation)."""
+        """Raw columns of ``kind="orthogonal"``: ``M``, or ``D - 1`` if ``M = D`` (completed to a rotation)."""
         return self.num_ortho - 1 if self.num_ortho == self.dim else self.num_ortho
 
     def _q(self, raw):
