@@ -3,7 +3,8 @@
 The run of the posteriors issue: ``SVI`` with ``ClippedAdam({"lr": lr, "clip_norm": 10})`` and
 ``Trace_ELBO(num_particles=4, vectorize_particles=True)``, ``--steps`` steps, for every flow family
 of :class:`~pyro_nfvi.AutoFlowGuide` (default settings, ``num_flows=4``; ``--affine`` adds the IAF
-and coupling rows with unscaled networks, ``output_scale="none"``) and Pyro's ``AutoNormal`` and
+and coupling rows with unscaled networks, ``output_scale="none"``; a name such as
+``"iaf (sinh_arcsinh)"`` or ``"iaf (gaussian)"`` sets the base marginals) and Pyro's ``AutoNormal`` and
 ``AutoIAFNormal``, on each model of :data:`pyro_nfvi.targets.bayes.MODELS` named in ``--models``.
 A run *diverges* when a loss is non-finite, or when the rolling median of its losses (window
 ``WINDOW`` = 50 steps) rises more than ``--threshold`` nats plus ``RELATIVE`` = 5% of its size above
@@ -28,6 +29,7 @@ Usage::
 import argparse
 import json
 import math
+import shlex
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +48,8 @@ WINDOW = 50
 #: the part of the rise allowed in proportion to the loss's level
 RELATIVE = 0.05
 FAMILIES = ["planar", "radial", "householder", "iaf", "sylvester", "coupling", "none"]
+#: what a guide name's bracket may say: unscaled IAF/coupling networks, or the base marginals
+FORMS = ("affine", "gaussian", "sinh_arcsinh")
 
 
 def make_guide(name, model):
@@ -54,7 +58,10 @@ def make_guide(name, model):
     if name == "AutoIAFNormal":
         return AutoIAFNormal(model, num_transforms=2)
     family, _, form = name.partition(" ")
-    opts = {"output_scale": "none"} if form == "(affine)" else {}
+    form = form.strip("()")
+    if form and form not in FORMS:
+        raise SystemExit(f"unknown guide form {form!r} in {name!r}; choose from {FORMS}")
+    opts = {"output_scale": "none"} if form == "affine" else {"marginals": form} if form else {}
     return AutoFlowGuide(model, flow=family, num_flows=4, **opts)
 
 
@@ -116,7 +123,8 @@ def main(args):
     done = {_key(r) for r in rows}
     command = (f"python benchmarks/stability.py --models {' '.join(args.models)} --seeds {args.seeds} --steps "
                f"{args.steps} --threshold {args.threshold:g} --lrs " + " ".join(map(str, args.lrs))
-               + (" --affine" if args.affine else ""))
+               + (" --affine" if args.affine else "")
+               + (" --guides " + " ".join(shlex.quote(g) for g in args.guides) if args.guides else ""))
     report = None
     for model_name in args.models:
         for seed in range(args.seeds):
@@ -165,7 +173,8 @@ def parse_args(argv=None):
                         help="a second-half loss this many nats above that half's median is a divergence")
     parser.add_argument("--name", default="stability_models", help="stem of the output files")
     parser.add_argument("--affine", action="store_true", help="add the IAF and coupling rows with unscaled networks (output_scale='none')")
-    parser.add_argument("--guides", nargs="+", help="only these rows (e.g. planar 'iaf (affine)' AutoNormal)")
+    parser.add_argument("--guides", nargs="+",
+                        help="only these rows (e.g. planar 'iaf (affine)' 'iaf (sinh_arcsinh)' AutoNormal)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output folder")
     return parser.parse_args(argv)
 

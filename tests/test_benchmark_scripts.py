@@ -43,6 +43,16 @@ def test_stability_script(script, tmp_path):
     assert len(again["rows"]) == 6 and sum(r["seed"] == 1 for r in again["rows"]) == 2
 
 
+def test_the_guide_names_of_the_stability_script(script):
+    mod = script("stability")
+    model, _ = mod["MODELS"]["eight_schools_noncentered"]()
+    assert mod["make_guide"]("iaf (sinh_arcsinh)", model).marginals == "sinh_arcsinh"
+    assert mod["make_guide"]("planar (gaussian)", model).marginals == "gaussian"
+    assert mod["make_guide"]("iaf (affine)", model)._flow_opts["output_scale"] == "none"
+    with pytest.raises(SystemExit, match="unknown guide form 'skewed'"):
+        mod["make_guide"]("iaf (skewed)", model)
+
+
 def test_the_divergence_criterion(script):
     divergence = script("stability")["divergence"]
     slow = [1000.0 - i for i in range(300)]  # still converging: never above an earlier level
