@@ -11,18 +11,26 @@ Adam's steps of about ``lr`` per parameter then mean the same thing in every dir
 Reference: MacKay, *Information Theory, Inference, and Learning Algorithms*, 2003, ch. 27 (Laplace's
 method); Agrawal, Sheldon & Domke, *Advances in Black-Box VI*, NeurIPS 2020 (warm starts).
 """
+import warnings
+
 import torch
 from pyro.distributions.transforms import LowerCholeskyAffine
 from torch import nn
 
 from ..validation import check_int
 
-__all__ = ["PRECONDITION_MAX_DIM", "Preconditioner", "laplace_approximation"]
+__all__ = ["NONFINITE_WALL", "PRECONDITION_MAX_DIM", "Preconditioner", "laplace_approximation"]
 
 #: ``AutoFlowGuide(precondition="auto")`` preconditions a model with at most this many latent
 #: dimensions: the map holds a D x D factor and the Laplace warm start an autograd Hessian (D
 #: backward passes), cheap below a few hundred dimensions.
 PRECONDITION_MAX_DIM = 200
+
+#: How far above :math:`-\log p` at the start :func:`laplace_approximation`'s L-BFGS puts a trial point
+#: where :math:`-\log p` is not finite (off the support, or past an overflow): a wall with zero
+#: gradient, so that the strong Wolfe line search shortens the step instead of carrying a NaN into the
+#: iterate (a higher wall overflows the line search's cubic interpolation in float32).
+NONFINITE_WALL = 1e10
 
 
 def laplace_approximation(log_density, start, num_steps=200):
@@ -61,9 +69,19 @@ def laplace_approximation(log_density, start, num_steps=200):
     optim = torch.optim.LBFGS([u], lr=1.0, max_iter=num_steps, line_search_fn="strong_wolfe",
                               tolerance_grad=1e-9, tolerance_change=1e-12)
 
+    with torch.no_grad():
+        start_loss = -log_density(u)
+    if not torch.isfinite(start_loss):
+        raise ValueError(f"log_density is not finite at the start ({start_loss.item()}): start inside the support")
+    wall = abs(start_loss.item()) + NONFINITE_WALL
+
     def closure():
         optim.zero_grad()
-        loss = -log_density(u)
+        with warnings.catch_warnings():  # a trial point off the support is expected: Pyro's NaN warning is noise
+            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+            loss = -log_density(u)
+        if not torch.isfinite(loss):  # the wall (zero gradient) that the line search backs away from
+            return loss.detach().new_tensor(wall)
         loss.backward()
         return loss
 

@@ -1,4 +1,6 @@
 """The Laplace warm start: ``laplace_approximation``, ``AutoFlowGuide.fit_laplace`` and ``precondition=True``."""
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -34,6 +36,29 @@ def test_laplace_approximation_of_a_gaussian_is_exact_in_float64():
 def test_laplace_approximation_refuses_a_density_without_a_mode():
     with pytest.raises(ValueError, match="not finite|not positive definite|failed"):
         laplace_approximation(lambda u: u.sum(), torch.zeros(2))  # grows without bound
+
+
+@pytest.mark.parametrize("curvature", [0.3, 1.0, 3.0])
+def test_laplace_approximation_backs_off_a_trial_point_outside_the_support(curvature):
+    # log p(u) = sum_i c (u_i - m) - exp(c (u_i - m)), mode m = 1.9 with variance 1 / c^2, is not defined
+    # above 2 (NaN, as a log_prob off its support is): L-BFGS's line search tries such a point on its
+    # way; it must shorten the step, and Pyro's NaN warning on the way is not the user's business
+    def log_density(u):
+        if bool((u > 2.0).any()):
+            return pyro.util.warn_if_nan((u * float("nan")).sum(), "off the support")
+        a = curvature * (u - 1.9)
+        return (a - a.exp()).sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mode, cov = laplace_approximation(log_density, torch.zeros(2))
+    assert torch.allclose(mode, torch.full((2,), 1.9, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(cov, torch.eye(2, dtype=torch.float64) / curvature**2, rtol=1e-3, atol=1e-8)
+
+
+def test_laplace_approximation_refuses_a_start_outside_the_support():
+    with pytest.raises(ValueError, match="not finite at the start"):
+        laplace_approximation(lambda u: u.log().sum(), -torch.ones(2))
 
 
 def test_log_joint_is_the_unconstrained_density_with_the_jacobian():
