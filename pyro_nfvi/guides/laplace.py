@@ -38,7 +38,9 @@ def laplace_approximation(log_density, start, num_steps=200):
 
     L-BFGS with a strong Wolfe line search (at most ``num_steps`` iterations, in the dtype of
     ``start``) maximises ``log_density``; :math:`H` is the autograd Hessian of :math:`-\log p` at the
-    mode, in float64, symmetrised.
+    mode, in float64, symmetrised.  A trial point of the line search where ``log_density`` is not
+    finite (off the support) is a wall ``NONFINITE_WALL`` above the start's value, so the search
+    shortens its step there.
 
     Args:
         log_density (callable): ``u (D,) -> log p(u)`` (a scalar tensor), differentiable.
@@ -49,9 +51,9 @@ def laplace_approximation(log_density, start, num_steps=200):
         tuple: ``(mode, covariance)``, float64 tensors of shapes ``(D,)`` and ``(D, D)``.
 
     Raises:
-        ValueError: no finite mode was found, or :math:`H` is not positive definite there (a funnel,
-            whose density grows without bound as its scale goes to zero, has no Laplace
-            approximation).
+        ValueError: ``log_density`` is not finite at ``start``, no finite mode was found, or
+            :math:`H` is not positive definite there (a funnel, whose density grows without bound as
+            its scale goes to zero, has no Laplace approximation).
 
     Example:
         >>> prec = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
