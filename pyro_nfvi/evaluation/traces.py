@@ -26,6 +26,9 @@ __all__ = [
 
 #: Name of the outer plate that vectorizes the importance samples.
 SAMPLE_PLATE = "_num_samples"
+#: What a model that does not broadcast over a batch of draws raises (torch's shape errors, Pyro's
+#: shape and validation checks); :func:`vectorized_traces` explains them when one draw runs.
+MODEL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
 def _sample_sites(trace):
@@ -103,13 +106,24 @@ def resolve_plate(guide, plate):
     return plate
 
 
+def _runs_on_one_draw(model, guide, args, kwargs):
+    """Whether ``model`` runs when replayed against one draw of ``guide``, without a sample plate."""
+    try:
+        _probe(model, guide, args, kwargs)
+    except MODEL_ERRORS:
+        return False
+    return True
+
+
 def vectorized_traces(model, guide, num_samples, depth, args=(), kwargs=None):
     """``(model_trace, guide_trace)`` of ``num_samples`` vectorized draws from ``guide``.
 
     The guide runs inside ``pyro.plate(SAMPLE_PLATE, num_samples, dim=-(depth + 1))`` and the model
     is replayed against it; subsample sites are pruned and log densities are computed (with the
-    sites' scale and mask).  Raises ``ValueError`` if a plate is subsampled or if a latent model
-    site is not sampled by the guide (the importance weight would be wrong).
+    sites' scale and mask).  Raises ``ValueError`` if the model fails on the batch of draws (it does
+    not broadcast over a leading dimension: the message says what to change), if a plate is
+    subsampled or if a latent model site is not sampled by the guide (the importance weight would be
+    wrong).
 
     Example:
         >>> import pyro.distributions as dist
@@ -128,7 +142,19 @@ def vectorized_traces(model, guide, num_samples, depth, args=(), kwargs=None):
         return wrapped
 
     guide_trace = poutine.trace(vectorize(guide)).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(vectorize(model), trace=guide_trace)).get_trace(*args, **kwargs)
+    try:
+        model_trace = poutine.trace(poutine.replay(vectorize(model), trace=guide_trace)).get_trace(*args, **kwargs)
+    except MODEL_ERRORS as err:
+        if not _runs_on_one_draw(model, guide, args, kwargs):
+            raise  # not a matter of batching: the model's own error, as it is
+        raise ValueError(
+            f"the model failed on {num_samples} guide draws at once (in pyro.plate({SAMPLE_PLATE!r}, dim="
+            f"{-(depth + 1)})): {str(err).splitlines()[0]}. Importance-weighted evaluation (PSIS k-hat, importance "
+            "weights, corrected moments, IWAE) runs the model once on a batch of draws, so its tensor operations "
+            "must broadcast over leading batch dimensions: torch.mm, torch.diag and fixed-size .view do not (use "
+            "@ / torch.matmul, .diag_embed(), .reshape(*x.shape[:-1], ...)), and a latent site with a vector "
+            "event needs .to_event(1)"
+        ) from err
     model_trace = prune_subsample_sites(model_trace)
     guide_trace = prune_subsample_sites(guide_trace)
     for trace in (model_trace, guide_trace):

@@ -90,3 +90,23 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="subsampled"):
         posterior_error(subsampled, mu_guide, Y, reference={"mu": reference()["mu"]}, importance=True)
     assert math.isfinite(posterior_error(subsampled, mu_guide, Y, reference={"mu": reference()["mu"]}).mean)
+
+
+def test_a_model_that_does_not_broadcast_over_draws_is_explained():
+    # Pyro's examples/lkj.py builds its covariance with torch.mm(torch.diag(...)): it runs on one draw
+    # but not on a batch of draws, which the importance-weighted evaluation needs
+    def unbatched(y):
+        scales = pyro.sample("scales", dist.HalfCauchy(torch.ones(2)).to_event(1))
+        cov = torch.mm(torch.diag(scales), torch.eye(2))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.MultivariateNormal(torch.zeros(2), scale_tril=cov), obs=y)
+
+    def scales_guide(y):
+        pyro.sample("scales", dist.LogNormal(torch.zeros(2), 0.1).to_event(1))
+
+    y = torch.randn(5, 2)
+    draws = {"scales": dist.LogNormal(torch.zeros(2), 0.1).sample((200,))}
+    assert math.isfinite(posterior_error(unbatched, scales_guide, y, reference=draws).mean)  # the guide's draws only
+    with pytest.raises(ValueError, match=r"failed on 1000 guide draws at once .*diag.*must broadcast") as info:
+        posterior_error(unbatched, scales_guide, y, reference=draws, num_samples=1000, importance=True)
+    assert isinstance(info.value.__cause__, RuntimeError)  # torch's own error, kept as the cause
