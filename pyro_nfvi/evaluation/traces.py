@@ -14,6 +14,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
+    "MODEL_ERRORS",
     "SAMPLE_PLATE",
     "find_plate",
     "log_weights_from_traces",
