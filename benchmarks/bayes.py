@@ -100,7 +100,7 @@ def run(model_name, guide_name, lr, seed, args):
     if guide_name.startswith("recipe"):
         result = fit(model, guide, *model_args, num_steps=args.steps, lrs=tuple(args.lrs), num_particles=args.particles,
                      estimator=args.estimator, final_lr_fraction=args.final_lr_fraction, progress=False,
-                     warm_start_steps=args.warm_start_steps, probe_steps=args.probe_steps)
+                     warm_start_steps=args.warm_start_steps, probe_steps=args.probe_steps, jit=args.jit)
         losses = result.losses
         row.update(lr=result.lr, probe_scores={str(k): v for k, v in result.probe_scores.items()},
                    rollbacks=result.rollbacks, warm_start_steps=len(result.warm_start_losses),
@@ -235,6 +235,7 @@ def main(args):
                f"--final-lr-fraction {args.final_lr_fraction} --draws {args.draws}"
                + (f" --warm-start-steps {args.warm_start_steps}" if args.warm_start_steps is not None else "")
                + (f" --probe-steps {args.probe_steps}" if args.probe_steps is not None else "")
+               + (" --jit" if args.jit else "")
                + (f" --models {' '.join(models)}" if args.models else "")
                + (" --guides " + " ".join(repr(g) if " " in g else g for g in guides) if args.guides else ""))
     intro = (f"Per model and guide: divergences over all runs ({args.seeds} seeds x {len(args.lrs)} learning rates; "
@@ -290,6 +291,7 @@ def parse_args(argv=None):
                         help="the recipe's learning rate at its last step, as a fraction of the chosen one (default: fit's)")
     parser.add_argument("--warm-start-steps", type=int, default=None, help="the recipe's warm-start steps (default: fit's)")
     parser.add_argument("--probe-steps", type=int, default=None, help="the recipe's steps per learning-rate probe (default: fit's)")
+    parser.add_argument("--jit", action="store_true", help="the recipe compiles its losses (fit(..., jit=True))")
     parser.add_argument("--draws", type=int, default=4000, help="guide draws for the accuracy, ELBO and k-hat")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="write the report from these earlier reports' rows, running nothing (a later file's "

@@ -241,3 +241,51 @@ def test_a_check_that_cannot_run_says_why_and_keeps_the_fit(monkeypatch):
     with pytest.warns(UserWarning, match="could not be checked.*shape mismatch in the model"):
         result = fit(model, guide, Y, num_steps=50, estimator="dreg", progress=False)
     assert len(result.losses) == 50 and math.isnan(result.elbo)
+
+
+def test_jit_refuses_what_it_cannot_compile_before_any_work():
+    guide = AutoFlowGuide(model, flow="planar", num_flows=2)
+    with pytest.raises(ValueError, match="positional argument 0 is a list"):
+        fit(model, guide, Y.tolist(), jit=True, progress=False)
+    from pyro.infer import Trace_ELBO
+
+    with pytest.raises(ValueError, match="ELBO instance"):
+        fit(model, guide, Y, estimator=Trace_ELBO(), jit=True, progress=False)
+    assert len(pyro.get_param_store()) == 0  # refused before the guide was set up
+
+
+@pytest.mark.parametrize("estimator,loss_class", [("elbo", "JitTrace_ELBO"), ("stl", "JitSTL_ELBO"), ("dreg", "JitIW_ELBO")])
+def test_jit_compiles_each_estimator(estimator, loss_class):
+    from pyro_nfvi.recipe import make_loss
+
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    assert type(make_loss(estimator, guide, 4, True, jit=True)).__name__ == loss_class
+    result = fit(model, guide, Y, num_steps=150, lrs=(1e-2,), estimator=estimator, warm_start_steps=300, jit=True, progress=False)
+    assert result.estimator == estimator and all(math.isfinite(v) for v in result.losses)
+    assert abs(float(guide.median(Y)["mu"]) - float(Y.mean())) < 0.3
+
+
+def test_fit_base_compiled_reaches_the_posterior():
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2)
+    losses = guide.fit_base(Y, num_steps=1000, lr=0.2, jit=True)
+    assert sum(losses[-50:]) < sum(losses[:50])
+    assert abs(float(guide.median(Y)["mu"]) - float(Y.mean())) < 0.3
+
+
+def test_the_warm_start_does_not_reinitialise_the_sites_at_every_step():
+    """``fit_base`` and ``log_joint`` run the model as given, not Pyro's InitMessenger around it (init_loc_fn per call)."""
+    from pyro.infer.autoguide.initialization import init_to_median
+
+    calls = []
+
+    def counting_init(site):
+        calls.append(site["name"])
+        return init_to_median(site)
+
+    guide = AutoFlowGuide(model, flow="iaf", num_flows=2, init_loc_fn=counting_init)
+    guide(Y)
+    setup = len(calls)
+    assert setup > 0
+    guide.fit_base(Y, num_steps=20)
+    guide.log_joint(torch.zeros(guide.latent_dim), Y)
+    assert len(calls) == setup

@@ -104,6 +104,6 @@ class FlowGuide(GuideState):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        for key in ("_draws_cache", "_written_fingerprint", "_entry_cache", "_model_call"):
+        for key in ("_draws_cache", "_written_fingerprint", "_entry_cache", "_model_call", "_user_model"):
             state.pop(key, None)
         return state

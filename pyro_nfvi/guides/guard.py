@@ -124,10 +124,17 @@ class NonFiniteGuard:
         """
         self.step += 1
         named = [(n, p.grad) for n, p in named_params if p.grad is not None]
+        # the common case in one check: a NaN or inf element makes its tensor's sum non-finite
+        sums = [g.sum() for _, g in named]
+        if loss is not None:
+            sums.append(torch.as_tensor(loss).sum())
+        if not sums or bool(torch.isfinite(torch.stack([s.to(sums[0].dtype) for s in sums])).all()):
+            self.consecutive = 0
+            return True
         finite = [torch.isfinite(g).all() for _, g in named]
         if loss is not None:
             finite.append(torch.isfinite(torch.as_tensor(loss)).all())
-        if not finite or bool(torch.stack(finite).all()):
+        if bool(torch.stack(finite).all()):  # every element finite, only a sum overflowed
             self.consecutive = 0
             return True
         self.skipped += 1

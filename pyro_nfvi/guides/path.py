@@ -8,9 +8,11 @@ itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the
 :math:`\log q(u) = \log p_0(\varepsilon) - \log|\det \partial T/\partial\varepsilon|`,
 
 * :math:`a = \partial\,lq / \partial\varepsilon` and :math:`J = \partial u / \partial\varepsilon`
-  (the product of the maps' closed-form Jacobians, ``pyro_nfvi.transforms.jacobian.chain_jacobian``,
-  where every map has one -- the affine base, IAF, planar, Householder, sinh-arcsinh, permutations, the preconditioner;
-  otherwise ``D`` batched vector-Jacobian products);
+  (where every map has a closed form -- the affine base, IAF, planar, Householder, sinh-arcsinh,
+  permutations, the preconditioner -- both come from one pass without a graph,
+  ``pyro_nfvi.transforms.jacobian.chain_jacobian_and_log_det_grad``, with :math:`\nabla \log p_0`
+  of the Normal base from :func:`base_score`; otherwise :math:`a` by a backward pass and :math:`J`
+  by ``D`` batched vector-Jacobian products);
 * :math:`g = J^{-\top} a = \nabla_u \log q_{\bar\theta}(u)` (one ``D x D`` solve per draw);
 * the surrogate :math:`\mathrm{sg}(lq) + \langle u - \mathrm{sg}(u), \mathrm{sg}(g)\rangle`, whose value
   is ``log q`` and whose gradient w.r.t. every parameter is the path gradient
@@ -19,8 +21,10 @@ itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the
 :class:`PathDerivative` wraps a guide's posterior of the packed latent with this ``log_prob``;
 :func:`path_derivative` turns it on for one guide object for the duration of a ``with`` block (the
 guides route their auxiliary site through :func:`path_posterior`, which returns the posterior
-unchanged otherwise).  Cost per draw: one backward pass, the Jacobian (closed forms, or ``D``
-backward passes through the flow) and an ``O(D^3)`` solve.
+unchanged otherwise).  Cost per draw: the closed forms (or a backward pass and ``D`` more through
+the flow) and an ``O(D^3)`` solve.  Without a backward pass the draw can be compiled by
+``torch.jit`` tracing (:mod:`pyro_nfvi.objectives.jit`), which cannot record one through
+composite operations such as ``linear``.
 
 References: Roeder, Wu & Duvenaud, *Sticking the landing*, NeurIPS 2017; Tucker et al., *Doubly
 reparameterized gradient estimators for Monte Carlo objectives*, ICLR 2019; Vaitl, Nicoli, Nakajima
@@ -29,13 +33,13 @@ reparameterized gradient estimators for Monte Carlo objectives*, ICLR 2019; Vait
 from contextlib import contextmanager
 
 import torch
-from pyro.distributions import TorchDistribution, TransformedDistribution
+from pyro.distributions import Normal, TorchDistribution, TransformedDistribution
 from pyro.distributions.util import sum_rightmost
 
-from ..transforms.jacobian import autograd_jacobian, chain_jacobian
+from ..transforms.jacobian import autograd_jacobian, chain_jacobian_and_log_det_grad
 from .base import FlowGuide
 
-__all__ = ["PathDerivative", "check_flow_guide", "path_derivative", "path_posterior", "uses_path_derivative"]
+__all__ = ["PathDerivative", "base_score", "check_flow_guide", "path_derivative", "path_posterior", "uses_path_derivative"]
 
 _FLAG = "_path_derivative"
 
@@ -121,14 +125,27 @@ class PathDerivative(TorchDistribution):
         if x.shape != shape:
             x = x.expand(shape).clone()
         u, lq, inputs = _push(base, transforms, x)
-        (a,) = torch.autograd.grad(lq.sum(), x, retain_graph=True)
-        if not transforms:
-            g = a
+        closed = chain_jacobian_and_log_det_grad(transforms, inputs) if transforms else None
+        score = base_score(base, x)
+        if closed is not None and score is not None:
+            # a = d lq / dx = d log p0 / dx - d log|det J| / dx, all in closed form: no backward pass
+            jac, a = closed[0], score - closed[1]
         else:
-            jac = chain_jacobian(transforms, inputs)
-            if jac is None:  # a map without a closed-form Jacobian: D vector-Jacobian products
+            if torch.jit.is_tracing():
+                raise NotImplementedError(
+                    "the path derivative of this guide has no closed form (a map without one: radial, "
+                    "Sylvester, coupling, decentering; or a base other than a Normal), and torch.jit tracing "
+                    "cannot record the backward pass that replaces it; use the eager objective (jit=False) "
+                    "or a guide whose maps have closed forms (iaf, planar, householder, none)"
+                )
+            (a,) = torch.autograd.grad(lq.sum(), x, retain_graph=True)
+            if not transforms:
+                jac = None
+            elif closed is not None:
+                jac = closed[0]
+            else:  # a map without a closed-form Jacobian: D vector-Jacobian products
                 jac = autograd_jacobian(u, x)
-            g = torch.linalg.solve(jac.transpose(-1, -2), a.unsqueeze(-1)).squeeze(-1)
+        g = a if jac is None else torch.linalg.solve(jac.transpose(-1, -2), a.unsqueeze(-1)).squeeze(-1)
         surrogate = lq.detach() + ((u - u.detach()) * g.detach()).sum(-1)
         self._draw = (u, surrogate)
         return u
@@ -138,6 +155,22 @@ class PathDerivative(TorchDistribution):
         if draw is not None and value is draw[0]:
             return draw[1]
         return self.posterior.log_prob(value)
+
+
+def base_score(base, x):
+    r""":math:`\nabla_x \log p_0(x)` in closed form for a Normal base (``Normal`` or ``Independent(Normal)``), no graph; else ``None``.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> base_score(dist.Normal(torch.zeros(2), 2.0).to_event(1), torch.tensor([1.0, -2.0]))
+        tensor([-0.2500,  0.5000])
+    """
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    if type(base) not in (torch.distributions.Normal, Normal):
+        return None
+    with torch.no_grad():
+        return -(x - base.loc) / base.scale.pow(2)
 
 
 def _flow_guides(guide):

@@ -7,7 +7,8 @@ callables ``t -> beta_t`` (:func:`rezende_mohamed`, :func:`linear_warmup`, :func
 """
 from .annealed import MODES, AnnealedELBO
 from .iw import GRADIENTS, IW_ELBO
+from .jit import JitIW_ELBO, JitSTL_ELBO
 from .path import STL_ELBO
 from .schedules import constant, linear_warmup, rezende_mohamed
 
-__all__ = ["AnnealedELBO", "GRADIENTS", "IW_ELBO", "MODES", "STL_ELBO", "constant", "linear_warmup", "rezende_mohamed"]
+__all__ = ["AnnealedELBO", "GRADIENTS", "IW_ELBO", "JitIW_ELBO", "JitSTL_ELBO", "MODES", "STL_ELBO", "constant", "linear_warmup", "rezende_mohamed"]

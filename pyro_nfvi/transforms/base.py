@@ -113,9 +113,10 @@ class FlowTransform(Transform):
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
     def forward_and_jacobian(self, x):
-        """``(f(x), df/dx)`` with the Jacobian of each draw, shape ``(..., D, D)``, in closed form; ``None`` where there is none.
+        r"""``(f(x), df/dx, d log|det df/dx| / dx)`` per draw, shapes ``(..., D)``, ``(..., D, D)``, ``(..., D)``, in closed form; ``None`` where there is none.
 
-        Constants (no graph): the path-derivative ``log q`` uses them (``pyro_nfvi.transforms.jacobian``).
+        Constants (no graph): the path-derivative ``log q`` uses them (``pyro_nfvi.transforms.jacobian``),
+        the last one for :math:`\nabla_x \log q` without a backward pass.
         """
         return None
 
@@ -278,7 +279,7 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
     def _forward_jacobian(self, x, p):
-        """``(y, dy/dx)``, the Jacobian per draw ``(..., D, D)`` in closed form; ``None`` (the default) for a family without one."""
+        """``(y, dy/dx, d log|det dy/dx| / dx)`` per draw in closed form; ``None`` (the default) for a family without one."""
         return None
 
     # -- parameters ---------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ class Householder(FlowModule):
         u = p["u"]
         eye = torch.eye(self.dim, dtype=y.dtype, device=y.device)
         jac = eye - p["c"].unsqueeze(-1) * u.unsqueeze(-1) * u.unsqueeze(-2)
-        return y, jac.expand(y.shape + (self.dim,))
+        return y, jac.expand(y.shape + (self.dim,)), y.new_zeros(y.shape)  # volume-preserving
 
     def extra_repr(self):
         return super().extra_repr() + (", chained=True" if self.chained else "")

@@ -166,7 +166,7 @@ class IAF(NetworkFlowModule):
         return torch.exp(log_sigma) * x + shift, log_sigma.sum(-1)
 
     def _forward_jacobian(self, x, p):
-        r"""``y`` and ``dy/dx = diag(sigma) + diag(sigma x) d(log sigma)/dx + d(shift)/dx`` (the gated form: likewise).
+        r"""``y``, ``dy/dx = diag(sigma) + diag(sigma x) d(log sigma)/dx + d(shift)/dx`` (the gated form: likewise) and ``sum_i d(log sigma_i)/dx``.
 
         The network's Jacobian is carried through its masked layers and elementwise nonlinearity
         in the same pass that computes ``m`` and ``s`` (no autograd over ``x``).
@@ -202,12 +202,14 @@ class IAF(NetworkFlowModule):
             sig = torch.sigmoid(a)
             y = torch.exp(-F.softplus(-a)) * x + (1.0 - sig) * m  # as _forward computes it
             jac = torch.diag_embed(sig) + ((x - m) * sig * (1.0 - sig)).unsqueeze(-1) * js + (1.0 - sig).unsqueeze(-1) * jm
+            grad = ((1.0 - sig).unsqueeze(-1) * js).sum(-2)  # d(-softplus(-a))/da = 1 - sigmoid(a)
         else:
             inside = (s >= self.log_scale_min_clip) & (s <= self.log_scale_max_clip)
             sigma = torch.exp(torch.clamp(s, self.log_scale_min_clip, self.log_scale_max_clip))
             y = sigma * x + m
             jac = torch.diag_embed(sigma) + (sigma * x * inside).unsqueeze(-1) * js + jm
-        return y.to(x.dtype), jac.to(x.dtype)
+            grad = (inside.unsqueeze(-1) * js).sum(-2)  # the clamp passes no gradient outside its range
+        return y.to(x.dtype), jac.to(x.dtype), grad.to(x.dtype)
 
     def _inverse(self, y, p):
         context = p.get("context")

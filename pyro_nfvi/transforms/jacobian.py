@@ -17,7 +17,7 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from .base import FlowTransform
 
-__all__ = ["autograd_jacobian", "chain_jacobian", "closed_form_jacobian"]
+__all__ = ["autograd_jacobian", "chain_jacobian", "chain_jacobian_and_log_det_grad", "closed_form_jacobian"]
 
 
 def autograd_jacobian(u, x):
@@ -58,18 +58,25 @@ def closed_form_jacobian(transform, x):
         tensor([[2., 0.],
                 [0., 3.]])
     """
+    out = _closed_form(transform, x)
+    return None if out is None else out[0]
+
+
+def _closed_form(transform, x):
+    """``(J, d log|det J| / dx)`` of ``transform`` at ``x`` in closed form (no graph), or ``None``."""
     with torch.no_grad():
         if isinstance(transform, FlowTransform):
             out = transform.forward_and_jacobian(x)
-            return None if out is None else out[1]
+            return None if out is None else out[1:]
         if isinstance(transform, AffineTransform) and transform.event_dim == 1:
-            scale = torch.as_tensor(transform.scale, dtype=x.dtype, device=x.device)
-            return torch.diag_embed(scale.expand(x.shape))
+            scale = transform.scale  # a tensor stays the same tensor (a torch.jit trace records it as an input)
+            scale = scale.to(x.dtype) if torch.is_tensor(scale) else torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+            return torch.diag_embed(scale.expand(x.shape)), x.new_zeros(x.shape)
         if isinstance(transform, LowerCholeskyAffine):
             tril = transform.scale_tril
-            return tril.expand(x.shape[:-1] + tril.shape[-2:])
+            return tril.expand(x.shape[:-1] + tril.shape[-2:]), x.new_zeros(x.shape)
         if isinstance(transform, ComposeTransform):
-            return chain_jacobian(transform.parts, _inputs(transform.parts, x))
+            return chain_jacobian_and_log_det_grad(transform.parts, _inputs(transform.parts, x))
     return None
 
 
@@ -102,10 +109,44 @@ def chain_jacobian(transforms, inputs):
         tensor([[4., 0.],
                 [0., 9.]])
     """
-    jac = None
+    out = chain_jacobian_and_log_det_grad(transforms, inputs)
+    return None if out is None else out[0]
+
+
+def chain_jacobian_and_log_det_grad(transforms, inputs):
+    r"""The chain's Jacobian :math:`J = J_K \cdots J_1` and the gradient of its :math:`\log|\det J|` at the first input.
+
+    :math:`g = \nabla_x \sum_k \log|\det J_k| = \sum_k (J_{k-1} \cdots J_1)^\top g_k`, each
+    :math:`g_k` in closed form at its layer's input.  With :math:`\nabla_x \log p_0(x)` it gives
+    :math:`\nabla_x \log q(T(x))`, the path derivative's ``a``, without a backward pass -- and so
+    inside a ``torch.jit`` trace, which cannot record a backward pass through composite ops.
+
+    Args:
+        transforms (sequence): the transforms, in the order they are applied.
+        inputs (sequence of Tensor): the input of each transform, shape ``(..., D)``.
+
+    Returns:
+        tuple or None: ``(J, g)`` of shapes ``(..., D, D)`` and ``(..., D)`` (no graph), or ``None``
+        if a transform has no closed form or the chain is empty.
+
+    Example:
+        >>> from pyro_nfvi.transforms import SinhArcsinh
+        >>> t = SinhArcsinh(2)
+        >>> x = torch.randn(5, 2, requires_grad=True)
+        >>> jac, g = chain_jacobian_and_log_det_grad([t], [x])
+        >>> auto = torch.autograd.grad(t.log_abs_det_jacobian(x, t(x)).sum(), x)[0]
+        >>> bool(torch.allclose(g, auto, atol=1e-6))
+        True
+    """
+    jac, grad = None, None
     for t, x in zip(transforms, inputs):
-        j = closed_form_jacobian(t, x.detach())
-        if j is None:
+        out = _closed_form(t, x.detach())
+        if out is None:
             return None
-        jac = j if jac is None else j @ jac
-    return jac
+        j, g = out
+        if jac is None:
+            jac, grad = j, g
+        else:
+            grad = grad + (g.unsqueeze(-2) @ jac).squeeze(-2)
+            jac = j @ jac
+    return None if jac is None else (jac, grad)

@@ -175,12 +175,15 @@ class Planar(FlowModule):
         return y, planar_log_det(a, p["wu"])
 
     def _forward_jacobian(self, x, p):
-        # dy/dx = I + u h'(a) w^T
+        # dy/dx = I + u h'(a) w^T; log det = log(1 + h'(a) w.u), whose gradient is h''(a) w.u / det * w
         a = (x * p["w"]).sum(-1) + p["b"]
         h = torch.tanh(a)
         y = x + p["u"] * h.unsqueeze(-1)
         eye = torch.eye(self.dim, dtype=y.dtype, device=y.device)
-        return y, eye + (p["u"] * (1.0 - h * h).unsqueeze(-1)).unsqueeze(-1) * p["w"].unsqueeze(-2)
+        dh = 1.0 - h * h
+        wu = (p["w"] * p["u"]).sum(-1)
+        grad = (-2.0 * h * dh * wu / (1.0 + dh * wu)).unsqueeze(-1) * p["w"]
+        return y, eye + (p["u"] * dh.unsqueeze(-1)).unsqueeze(-1) * p["w"].unsqueeze(-2), grad
 
     def _inverse(self, y, p):
         w, b, uhat = p["w"], p["b"], p["u"]

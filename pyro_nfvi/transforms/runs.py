@@ -217,22 +217,29 @@ def compose_forward(transforms, x):
 
 
 def compose_jacobian(transforms, x):
-    """``(y, J)``: ``transforms`` applied in order to ``x`` and their Jacobian ``(..., D, D)``, the product of closed forms.
+    r"""``(y, J, g)``: ``transforms`` applied in order to ``x``, their Jacobian ``(..., D, D)`` and ``g = d log|det J| / dx``.
 
-    ``None`` if a transform has no closed form (``forward_and_jacobian`` returns ``None``); for no
-    transforms, ``(x, I)``.  No graph.
+    From the closed forms: :math:`J = J_K \cdots J_1` and
+    :math:`g = \sum_k (J_{k-1} \cdots J_1)^\top g_k`, with :math:`g_k` the gradient of layer ``k``'s
+    log-determinant at its input.  ``None`` if a transform has no closed form
+    (``forward_and_jacobian`` returns ``None``); for no transforms, ``(x, I, 0)``.  No graph.
     """
     with torch.no_grad():
-        jac = None
+        jac, grad = None, None
         for transform in transforms:
             out = transform.forward_and_jacobian(x)
             if out is None:
                 return None
-            x, j = out
-            jac = j if jac is None else j @ jac
+            x, j, g = out
+            if jac is None:
+                jac, grad = j, g
+            else:
+                grad = grad + (g.unsqueeze(-2) @ jac).squeeze(-2)
+                jac = j @ jac
         if jac is None:
             jac = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device).expand(x.shape + x.shape[-1:])
-    return x, jac
+            grad = x.new_zeros(x.shape)
+    return x, jac, grad
 
 
 def compose_inverse(transforms, y):

@@ -89,9 +89,11 @@ class SinhArcsinh(FlowModule):
         return torch.sinh(a), self._log_det(x, a, p)
 
     def _forward_jacobian(self, x, p):
-        # dy/dx = cosh(a) * delta / sqrt(1 + x^2), elementwise
+        # dy/dx = cosh(a) * delta / sqrt(1 + x^2), elementwise; d log(dy/dx) / dx = tanh(a) da/dx - x / (1 + x^2)
         a = p["delta"] * torch.asinh(x) - p["epsilon"]
-        return torch.sinh(a), torch.diag_embed(torch.cosh(a) * p["delta"] * torch.rsqrt(1.0 + x * x))
+        da = p["delta"] * torch.rsqrt(1.0 + x * x)
+        grad = torch.tanh(a) * da - x / (1.0 + x * x)
+        return torch.sinh(a), torch.diag_embed(torch.cosh(a) * da), grad
 
     def _inverse(self, y, p):
         a = torch.asinh(y)

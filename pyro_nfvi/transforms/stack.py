@@ -62,7 +62,7 @@ class Permute(FlowModule):
 
     def forward_and_jacobian(self, x):
         eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        return x[..., self.perm], eye[self.perm].expand(x.shape[:-1] + (self.dim, self.dim))
+        return x[..., self.perm], eye[self.perm].expand(x.shape[:-1] + (self.dim, self.dim)), x.new_zeros(x.shape)
 
     def condition(self, context):
         return self
@@ -120,7 +120,7 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         return inverse_layers(self.layers, y, raws)
 
     def forward_and_jacobian(self, x):
-        """``(y, J)`` with ``J`` the product of the layers' closed-form Jacobians (``None`` if a layer has none; identity if empty)."""
+        """``(y, J, d log|det J| / dx)`` from the layers' closed forms (``None`` if a layer has none; ``(x, I, 0)`` if empty)."""
         raws = self._packed_raws() if "packed" in self._parameters else None
         return compose_jacobian(bind_layers(self.layers, raws), x)
 

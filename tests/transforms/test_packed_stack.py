@@ -29,6 +29,10 @@ def test_packed_stack_computes_the_same_map(family):
     closed = stack.forward_and_jacobian(x)  # packed layers bound to views of `packed`: same closed forms
     if family in ("planar", "householder", "iaf"):
         assert torch.allclose(closed[0], y2, atol=1e-12) and torch.allclose(closed[1][0], jac, atol=1e-10)
+        xr = x.clone().requires_grad_()
+        ladj = stack.forward_and_log_det(xr)[1]
+        auto = torch.autograd.grad(ladj.sum(), xr)[0] if ladj.requires_grad else torch.zeros_like(xr)
+        assert torch.allclose(closed[2], auto, atol=1e-10)
     else:
         assert closed is None
 

@@ -122,6 +122,15 @@ def jacobian_blocks(t, x):
     return jac.movedim(1, 0)
 
 
+def log_det_gradient(t, x):
+    """``d log|det J(x_i)| / dx_i`` for every row of ``x``, via autograd: shape (N, D)."""
+    x = x.detach().requires_grad_()
+    ladj = t.forward_and_log_det(x)[1]
+    if not ladj.requires_grad:  # volume-preserving (Householder, the identity): a constant
+        return torch.zeros_like(x)
+    return torch.autograd.grad(ladj.sum(), x)[0]
+
+
 def trainable(module):
     return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
 
@@ -207,10 +216,12 @@ def test_closed_form_jacobian_matches_autograd_float64(name, dim, context_dim):
     if name not in CLOSED_FORM_JACOBIAN:
         assert out is None
         return
-    y, jac = out
+    y, jac, grad = out
     assert jac.shape == (5, dim, dim) and jac.dtype == torch.float64 and not jac.requires_grad and not y.requires_grad
+    assert grad.shape == (5, dim) and not grad.requires_grad
     assert_close(y, t.forward_and_log_det(1.5 * x)[0], atol=1e-12, rtol=1e-12)
     assert_close(jac, jacobian_blocks(t, 1.5 * x), atol=1e-10, rtol=1e-10)
+    assert_close(grad, log_det_gradient(t, 1.5 * x), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["iaf", "iaf-stable", "stack-iaf", "planar", "householder"])
@@ -218,10 +229,11 @@ def test_closed_form_jacobian_of_a_float32_flow_at_float64_inputs(name):
     """A float64 input is promoted as by ``forward_and_log_det``: the same ``y``, a float64 Jacobian."""
     module = perturb(build(name, 4, 0, torch.float32), 0.3, fan_in=True)
     x = torch.randn(5, 4, dtype=torch.float64)
-    y, jac = module.forward_and_jacobian(x)
-    assert y.dtype == jac.dtype == torch.float64
+    y, jac, grad = module.forward_and_jacobian(x)
+    assert y.dtype == jac.dtype == grad.dtype == torch.float64
     assert torch.equal(y, module.forward_and_log_det(x)[0])
     assert_close(jac, jacobian_blocks(module, x), atol=1e-5, rtol=1e-5)
+    assert_close(grad, log_det_gradient(module, x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("batch", BATCH_SHAPES[1:])
@@ -231,8 +243,9 @@ def test_closed_form_jacobian_batch_shapes(name, batch):
     ctx = torch.randn(batch[-1:] + (CTX,), dtype=torch.float64)  # broadcast against the leading dims
     t = module.condition(ctx)
     x = torch.randn(batch + (4,), dtype=torch.float64)
-    y, jac = t.forward_and_jacobian(x)
-    assert jac.shape == batch + (4, 4) and y.shape == x.shape
+    y, jac, grad = t.forward_and_jacobian(x)
+    assert jac.shape == batch + (4, 4) and y.shape == x.shape and grad.shape == x.shape
+    assert_close(grad, log_det_gradient(t, x), atol=1e-10, rtol=1e-10)
     flat = jac.reshape(-1, 4, 4)
     rows = x.reshape(-1, 4)
     contexts = ctx.expand(batch + (CTX,)).reshape(-1, CTX)
