@@ -424,7 +424,8 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         losses = []
         for _ in range(num_steps):
             if jit:  # not JitTrace_ELBO.differentiable_loss, whose gradient is twice the ELBO's (Pyro 1.9)
-                loss, surrogate = elbo.loss_and_surrogate_loss(model, self, *args, **kwargs)
+                with torch.jit.optimized_execution(False):  # TorchScript's plain interpreter: faster here
+                    loss, surrogate = elbo.loss_and_surrogate_loss(model, self, *args, **kwargs)
             else:
                 loss = surrogate = elbo.differentiable_loss(model, self, *args, **kwargs)
             # gradients of the Gaussian only: nothing accumulates in the flow's .grad

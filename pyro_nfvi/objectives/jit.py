@@ -1,7 +1,7 @@
 r"""Compiled forms of the path-derivative objectives: :class:`JitIW_ELBO` and :class:`JitSTL_ELBO`.
 
 What Pyro's :class:`~pyro.infer.JitTrace_ELBO` is to :class:`~pyro.infer.Trace_ELBO`: the
-differentiable loss is traced once with :func:`pyro.ops.jit.trace` (``torch.jit`` tracing, the
+differentiable loss is traced once with ``pyro.ops.jit.trace`` (``torch.jit`` tracing, the
 parameters passed in as inputs) and replayed as one compiled graph, without Pyro's tracing and the
 guide's Python overhead at every step.  The path derivative's inner gradient
 (``pyro_nfvi.guides.path``) is a ``torch.autograd.grad`` call inside the loss; ``torch.jit.trace``
@@ -86,7 +86,7 @@ def _ref(obj):
 
 
 class JitIW_ELBO(IW_ELBO):
-    r""":class:`~pyro_nfvi.objectives.IW_ELBO` with its differentiable loss compiled by :func:`pyro.ops.jit.trace`.
+    r""":class:`~pyro_nfvi.objectives.IW_ELBO` with its differentiable loss compiled by ``pyro.ops.jit.trace``.
 
     The same bound :math:`\log \frac1M \sum_i w_i` and the same DReG (or IWAE) gradient; see the
     module docstring for the restrictions.
