@@ -231,8 +231,11 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
 
     @property
     def user_model(self):
-        """The model as given: ``self.model`` is Pyro's ``InitMessenger`` around it, which re-initialises
-        every latent site (``init_loc_fn``, e.g. 15 prior draws for a median) on every call."""
+        """The model as given to the guide.
+
+        ``self.model`` is Pyro's ``InitMessenger`` around it, for the setup, which re-initialises every
+        latent site (``init_loc_fn``, e.g. 15 prior draws for a median) on every call.
+        """
         entry = self.__dict__.get("_user_model")
         return self.model if entry is None else entry[0]
 
