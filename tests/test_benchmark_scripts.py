@@ -130,6 +130,10 @@ def test_bayes_script(script, tmp_path):
     assert "| ar5 | NUTS (nuts) |" in table and "| ar5 | recipe | " in table
     merged = mod["main"](mod["parse_args"](["--merge", str(tmp_path / "a" / "bayes.json"), "--out", str(tmp_path / "b")]))
     assert merged["rows"] == report["rows"]
+    compiled = mod["main"](mod["parse_args"](["--models", "ar5", "--guides", "recipe", "--seeds", "1", "--recipe-seeds", "1",
+                                              "--steps", "60", "--lrs", "0.01", "--particles", "2", "--draws", "100",
+                                              "--jit", "--out", str(tmp_path / "c")]))
+    assert compiled["rows"][0]["cpu_seconds"] > 0 and "--jit" in (tmp_path / "c" / "bayes.md").read_text()
 
 
 def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
