@@ -289,3 +289,9 @@ def test_the_warm_start_does_not_reinitialise_the_sites_at_every_step():
     guide.fit_base(Y, num_steps=20)
     guide.log_joint(torch.zeros(guide.latent_dim), Y)
     assert len(calls) == setup
+
+
+def test_jit_fits_a_pyro_guide_with_the_compiled_elbo():
+    result = fit(model, AutoNormal(model), Y, num_steps=400, lrs=(0.2,), jit=True, progress=False)  # no warm start: a large step
+    assert result.estimator == "elbo" and all(math.isfinite(v) for v in result.losses)
+    assert abs(float(pyro.param("AutoNormal.locs.mu")) - float(Y.mean())) < 0.3
