@@ -31,15 +31,12 @@ def _derivative(f, pre):
 
 
 def _weights_times(w, jac):
-    """``w @ jac`` for a weight matrix ``(H2, H1)`` and per-draw Jacobians ``(..., H1, D)``, as one matrix product.
+    """``w @ jac`` for a weight matrix ``(H2, H1)`` and the Jacobians of ``N`` draws laid out units first, ``(H1, N, D)``.
 
-    ``torch.matmul`` would broadcast ``w`` over the draws and run one small product per draw; one
-    ``(H2, H1) @ (H1, N * D)`` product is about a third faster for the 55-dimensional IAF of the
-    hierarchical regression (8 draws, H1 = 166).
+    One ``(H2, H1) @ (H1, N * D)`` product, where ``torch.matmul`` on per-draw ``(N, H1, D)``
+    Jacobians would broadcast ``w`` and run one small product per draw.
     """
-    batch, (h1, d) = jac.shape[:-2], jac.shape[-2:]
-    out = w @ jac.movedim(-2, 0).reshape(h1, -1)
-    return out.reshape((w.shape[0],) + batch + (d,)).movedim(0, -2)
+    return (w @ jac.reshape(jac.shape[0], -1)).reshape((w.shape[0],) + jac.shape[1:])
 
 
 class IAF(NetworkFlowModule):
@@ -190,13 +187,14 @@ class IAF(NetworkFlowModule):
         arn = self.arn
         inp = xn if context is None else torch.cat([to_network_dtype(context, arn).expand(xn.shape[:-1] + context.shape[-1:]), xn], -1)
         first = inp.shape[-1] - self.dim  # the context's columns come first
+        # the network's Jacobian, units first: (units, N, D) for the N draws (one matrix product per layer)
         h, jac = inp, None
         for layer in arn.layers[:-1]:
             w = layer.weight * layer.mask
             pre = F.linear(h, w, layer.bias)
-            jac = w[:, first:] if jac is None else _weights_times(w, jac)
+            jac = w[:, first:].unsqueeze(1) if jac is None else _weights_times(w, jac)
             h = arn.f(pre)
-            jac = _derivative(arn.f, pre).unsqueeze(-1) * jac
+            jac = _derivative(arn.f, pre).reshape(-1, pre.shape[-1]).t().contiguous().unsqueeze(-1) * jac  # stays (H, N, D)
         last = arn.layers[-1]
         w = last.weight * last.mask
         out = F.linear(h, w, last.bias)
@@ -204,7 +202,8 @@ class IAF(NetworkFlowModule):
         if arn.skip_layer is not None:
             ws = arn.skip_layer.weight * arn.skip_layer.mask
             out = out + F.linear(inp, ws)
-            jac = jac + ws[:, first:]
+            jac = jac + ws[:, first:].unsqueeze(1)
+        jac = jac.movedim(0, -2).reshape(out.shape + (self.dim,))  # per draw: (..., outputs, D)
         d = self.dim
         m, s, jm, js = out[..., :d], out[..., d:], jac[..., :d, :], jac[..., d:, :]
         if self.output_scale != 1.0:
