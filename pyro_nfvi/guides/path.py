@@ -127,9 +127,9 @@ class PathDerivative(TorchDistribution):
         u, lq, inputs = _push(base, transforms, x)
         closed = chain_jacobian_and_log_det_grad(transforms, inputs) if transforms else None
         score = base_score(base, x)
-        if closed is not None and score is not None:
+        if score is not None and (closed is not None or not transforms):
             # a = d lq / dx = d log p0 / dx - d log|det J| / dx, all in closed form: no backward pass
-            jac, a = closed[0], score - closed[1]
+            jac, a = (None, score) if closed is None else (closed[0], score - closed[1])
         else:
             if torch.jit.is_tracing():
                 raise NotImplementedError(

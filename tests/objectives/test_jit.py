@@ -123,3 +123,20 @@ def test_jit_stl_differentiable_loss_is_not_pyros_doubled_gradient():
         out.append(torch.autograd.grad(objective.differentiable_loss(model, flow_guide), params))
     for a, b in zip(*out):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_draw_without_maps_compiles_in_closed_form():
+    """A Normal posterior without transforms: its path derivative needs no backward pass, so it traces."""
+    from pyro_nfvi.guides.path import PathDerivative
+
+    def draw(loc):
+        q = PathDerivative(dist.Normal(loc, 2.0).to_event(1))
+        u = q.rsample()
+        return u, q.log_prob(u)
+
+    compiled = torch.jit.trace(draw, (torch.zeros(3, requires_grad=True),), check_trace=False)
+    loc = torch.tensor([1.0, -1.0, 0.5], requires_grad=True)
+    u, lq = compiled(loc)
+    assert torch.allclose(lq, dist.Normal(loc, 2.0).log_prob(u).sum(-1))
+    # the path term only: d log q(u) / du * du / dloc = -(u - loc) / 4
+    assert torch.allclose(torch.autograd.grad(lq, loc)[0], -(u - loc).detach() / 4.0)
