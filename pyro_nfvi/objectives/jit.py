@@ -22,8 +22,6 @@ differentiation made a DReG step slower, not faster (on the 55-dimensional hiera
 
 Reference: Bingham et al., *Pyro: Deep Universal Probabilistic Programming*, JMLR 2019 (``pyro.ops.jit``).
 """
-import weakref
-
 import pyro.ops.jit
 import torch
 from pyro.infer import JitTrace_ELBO
@@ -61,28 +59,21 @@ class CompiledLoss:
         self.optimized_execution = optimized_execution
         self.ignore_warnings = ignore_warnings
         self.jit_options = jit_options
-        self.compiled = {}  # (id(model), id(guide)) -> pyro.ops.jit.CompiledFunction
+        # (id(model), id(guide)) -> pyro.ops.jit.CompiledFunction; its closure holds both, so the ids stay theirs
+        self.compiled = {}
 
     def __call__(self, model, guide, *args, **kwargs):
         key = (id(model), id(guide))
         if key not in self.compiled:
-            loss, model_ref, guide_ref = self.loss, _ref(model), _ref(guide)
+            loss = self.loss
 
             def traced(*args, **kwargs):
-                return loss(model_ref(), guide_ref(), *args, **kwargs)
+                return loss(model, guide, *args, **kwargs)
 
             options = None if self.jit_options is None else dict(self.jit_options)
             self.compiled[key] = pyro.ops.jit.trace(traced, ignore_warnings=self.ignore_warnings, jit_options=options)
         with torch.jit.optimized_execution(self.optimized_execution):
             return self.compiled[key](*args, **kwargs)
-
-
-def _ref(obj):
-    """A weak reference where ``obj`` takes one (a guide module), else a strong one (a plain function)."""
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
 
 
 class JitIW_ELBO(IW_ELBO):

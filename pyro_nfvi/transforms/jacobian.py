@@ -17,7 +17,7 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from .base import FlowTransform
 
-__all__ = ["autograd_jacobian", "chain_jacobian", "chain_jacobian_and_log_det_grad", "closed_form_jacobian"]
+__all__ = ["autograd_jacobian", "chain_closed_forms", "chain_jacobian", "chain_jacobian_and_log_det_grad", "closed_form_jacobian"]
 
 
 def autograd_jacobian(u, x):
@@ -69,7 +69,7 @@ def _closed_form(transform, x):
             out = transform.forward_and_jacobian(x)
             return None if out is None else out[1:]
         if isinstance(transform, AffineTransform) and transform.event_dim == 1:
-            scale = transform.scale  # a tensor stays the same tensor (a torch.jit trace records it as an input)
+            scale = transform.scale  # a tensor as it is: torch.as_tensor on one warns under torch.jit tracing
             scale = scale.to(x.dtype) if torch.is_tensor(scale) else torch.as_tensor(scale, dtype=x.dtype, device=x.device)
             return torch.diag_embed(scale.expand(x.shape)), x.new_zeros(x.shape)
         if isinstance(transform, LowerCholeskyAffine):
@@ -138,12 +138,30 @@ def chain_jacobian_and_log_det_grad(transforms, inputs):
         >>> bool(torch.allclose(g, auto, atol=1e-6))
         True
     """
-    jac, grad = None, None
+    pieces = []
     for t, x in zip(transforms, inputs):
         out = _closed_form(t, x.detach())
         if out is None:
             return None
-        j, g = out
+        pieces.append(out)
+    return chain_closed_forms(pieces)
+
+
+def chain_closed_forms(pieces):
+    r"""``(J, g)`` of a chain from its layers' ``(J_k, g_k)``, first applied first; ``None`` for no layers.
+
+    :math:`J = J_K \cdots J_1` and :math:`g = \sum_k (J_{k-1} \cdots J_1)^\top g_k`, with :math:`g_k`
+    the gradient of layer ``k``'s :math:`\log|\det J_k|` at its own input: the gradient of the
+    chain's log-determinant at the chain's input.
+
+    Example:
+        >>> j1, j2 = torch.diag(torch.tensor([2.0, 3.0])), torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+        >>> jac, g = chain_closed_forms([(j1, torch.tensor([1.0, 1.0])), (j2, torch.tensor([1.0, 0.0]))])
+        >>> jac.tolist(), g.tolist()
+        ([[2.0, 3.0], [0.0, 3.0]], [3.0, 1.0])
+    """
+    jac, grad = None, None
+    for j, g in pieces:
         if jac is None:
             jac, grad = j, g
         else:

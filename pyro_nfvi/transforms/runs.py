@@ -15,6 +15,7 @@ flows).
 import torch
 
 from .base import ConditionedFlow, FlowTransform
+from .jacobian import chain_closed_forms
 from .fused import fused_planar, planar_run_params
 from .planar import Planar
 
@@ -225,21 +226,17 @@ def compose_jacobian(transforms, x):
     (``forward_and_jacobian`` returns ``None``); for no transforms, ``(x, I, 0)``.  No graph.
     """
     with torch.no_grad():
-        jac, grad = None, None
+        pieces = []
         for transform in transforms:
             out = transform.forward_and_jacobian(x)
             if out is None:
                 return None
-            x, j, g = out
-            if jac is None:
-                jac, grad = j, g
-            else:
-                grad = grad + (g.unsqueeze(-2) @ jac).squeeze(-2)
-                jac = j @ jac
-        if jac is None:
-            jac = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device).expand(x.shape + x.shape[-1:])
-            grad = x.new_zeros(x.shape)
-    return x, jac, grad
+            x = out[0]
+            pieces.append(out[1:])
+        if not pieces:
+            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+            return x, eye.expand(x.shape + x.shape[-1:]), x.new_zeros(x.shape)
+    return (x,) + chain_closed_forms(pieces)
 
 
 def compose_inverse(transforms, y):
