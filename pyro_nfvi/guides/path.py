@@ -7,13 +7,14 @@ path to them.  Planar and radial layers have no inverse, so this module computes
 itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the draw,
 :math:`\log q(u) = \log p_0(\varepsilon) - \log|\det \partial T/\partial\varepsilon|`,
 
-* :math:`a = \partial\,lq / \partial\varepsilon` and :math:`J = \partial u / \partial\varepsilon`
-  (where every map has a closed form -- the affine base, IAF, planar, Householder, sinh-arcsinh,
-  permutations, the preconditioner -- both come from one pass without a graph,
-  ``pyro_nfvi.transforms.jacobian.chain_jacobian_and_log_det_grad``, with :math:`\nabla \log p_0`
-  of the Normal base from :func:`base_score`; otherwise :math:`a` by a backward pass and :math:`J`
-  by ``D`` batched vector-Jacobian products);
-* :math:`g = J^{-\top} a = \nabla_u \log q_{\bar\theta}(u)` (one ``D x D`` solve per draw);
+* :math:`g = \nabla_u \log q_{\bar\theta}(u)`: where every map has a closed form (the affine base,
+  IAF, planar, Householder, sinh-arcsinh, permutations, the preconditioner) and the base is a
+  Normal, the base's score (:func:`base_score`) is carried through the maps' Jacobian factors,
+  :math:`a \leftarrow J_k^{-\top}(a - \nabla \log|\det J_k|)`, one structured solve each and no
+  graph (``pyro_nfvi.transforms.jacobian.push_score``: a triangular solve for an IAF layer, a
+  division for the elementwise maps); otherwise :math:`a = \partial\,lq / \partial\varepsilon` by a
+  backward pass, :math:`J = \partial u / \partial\varepsilon` from the factors or ``D`` batched
+  vector-Jacobian products, and :math:`g = J^{-\top} a` (one ``D x D`` solve per draw);
 * the surrogate :math:`\mathrm{sg}(lq) + \langle u - \mathrm{sg}(u), \mathrm{sg}(g)\rangle`, whose value
   is ``log q`` and whose gradient w.r.t. every parameter is the path gradient
   :math:`\nabla_u \log q_{\bar\theta}(u)\, \partial u/\partial\theta`.
@@ -21,8 +22,8 @@ itself (in the spirit of Vaitl et al. 2022).  With ``lq`` the log density of the
 :class:`PathDerivative` wraps a guide's posterior of the packed latent with this ``log_prob``;
 :func:`path_derivative` turns it on for one guide object for the duration of a ``with`` block (the
 guides route their auxiliary site through :func:`path_posterior`, which returns the posterior
-unchanged otherwise).  Cost per draw: the closed forms (or a backward pass and ``D`` more through
-the flow) and an ``O(D^3)`` solve.  Without a backward pass the draw can be compiled by
+unchanged otherwise).  Cost per draw: the closed forms and one solve per map (or a backward pass,
+``D`` more through the flow and an ``O(D^3)`` solve).  Without a backward pass the draw can be compiled by
 ``torch.jit`` tracing (:mod:`pyro_nfvi.objectives.jit`), which cannot record one through
 composite operations such as ``linear``.
 
@@ -36,7 +37,7 @@ import torch
 from pyro.distributions import Normal, TorchDistribution, TransformedDistribution
 from pyro.distributions.util import sum_rightmost
 
-from ..transforms.jacobian import autograd_jacobian, chain_jacobian_and_log_det_grad
+from ..transforms.jacobian import autograd_jacobian, chain_closed_forms, jacobian_factors, push_score
 from .base import FlowGuide
 
 __all__ = ["PathDerivative", "base_score", "check_flow_guide", "path_derivative", "path_posterior", "uses_path_derivative"]
@@ -125,11 +126,11 @@ class PathDerivative(TorchDistribution):
         if x.shape != shape:
             x = x.expand(shape).clone()
         u, lq, inputs = _push(base, transforms, x)
-        closed = chain_jacobian_and_log_det_grad(transforms, inputs) if transforms else None
+        factors = jacobian_factors(transforms, inputs) if transforms else []
         score = base_score(base, x)
-        if score is not None and (closed is not None or not transforms):
-            # a = d lq / dx = d log p0 / dx - d log|det J| / dx, all in closed form: no backward pass
-            jac, a = (None, score) if closed is None else (closed[0], score - closed[1])
+        if score is not None and factors is not None:
+            # g from the score of the base, carried through the maps' closed forms one solve each: no backward pass
+            g = push_score(factors, score)
         else:
             if torch.jit.is_tracing():
                 raise NotImplementedError(
@@ -140,12 +141,10 @@ class PathDerivative(TorchDistribution):
                 )
             (a,) = torch.autograd.grad(lq.sum(), x, retain_graph=True)
             if not transforms:
-                jac = None
-            elif closed is not None:
-                jac = closed[0]
-            else:  # a map without a closed-form Jacobian: D vector-Jacobian products
-                jac = autograd_jacobian(u, x)
-        g = a if jac is None else torch.linalg.solve(jac.transpose(-1, -2), a.unsqueeze(-1)).squeeze(-1)
+                g = a
+            else:  # the factors' product, or D vector-Jacobian products for a map without a closed form
+                jac = chain_closed_forms(factors)[0] if factors else autograd_jacobian(u, x)
+                g = torch.linalg.solve(jac.transpose(-1, -2), a.unsqueeze(-1)).squeeze(-1)
         surrogate = lq.detach() + ((u - u.detach()) * g.detach()).sum(-1)
         self._draw = (u, surrogate)
         return u

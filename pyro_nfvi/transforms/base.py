@@ -56,6 +56,12 @@ def _parameter_stamp(params):
     return tuple((id(p), p._version, p) for p in params if p is not None)
 
 
+def _detached(params):
+    """The parameter dict with every tensor detached: the closed-form Jacobians are constants, and a
+    ``torch.jit`` trace does not record ``no_grad``, so its replay would record them for autograd."""
+    return {k: v.detach() if torch.is_tensor(v) else v for k, v in params.items()}
+
+
 def to_network_dtype(tensor, network):
     """``tensor`` cast to the floating dtype of ``network``'s weights (unchanged if it has none).
 
@@ -112,6 +118,11 @@ class FlowTransform(Transform):
         """Return ``(x, log|det df/dx|)`` with ``f(x) = y``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
+    #: What the ``J`` of :meth:`forward_and_jacobian` is for every input: ``"lower"`` (lower
+    #: triangular), ``"diagonal"``, ``"orthogonal"`` or ``"general"``.  A solve with ``J`` may rely on it
+    #: (``pyro_nfvi.transforms.jacobian.push_score``); the tests check it on every family.
+    jacobian_structure = "general"
+
     def forward_and_jacobian(self, x):
         r"""``(f(x), df/dx, d log|det df/dx| / dx)`` per draw, shapes ``(..., D)``, ``(..., D, D)``, ``(..., D)``, in closed form; ``None`` where there is none.
 
@@ -119,6 +130,17 @@ class FlowTransform(Transform):
         the last one for :math:`\nabla_x \log q` without a backward pass.
         """
         return None
+
+    def jacobian_factors(self, x):
+        r"""``(f(x), [(J_1, g_1, structure_1), ...])``: the closed-form Jacobian as factors, first applied first; ``None`` where there is none.
+
+        :math:`\partial f / \partial x = J_K \cdots J_1`, each factor with the gradient ``g_k`` of its
+        :math:`\log|\det J_k|` at its own input and its :attr:`jacobian_structure`.  One factor
+        (:meth:`forward_and_jacobian`) for a layer; a stack gives one per layer, so that a solve with
+        the product goes factor by factor instead of multiplying them out.
+        """
+        out = self.forward_and_jacobian(x)
+        return None if out is None else (out[0], [(out[1], out[2], self.jacobian_structure)])
 
     # -- caching, in one place ------------------------------------------------------------------
     def _stamp(self):
@@ -385,7 +407,7 @@ class FlowModule(FlowTransform, TransformModule, ConditionalTransform):
 
     @torch.no_grad()
     def forward_and_jacobian(self, x):
-        return self._forward_jacobian(x, self.params())
+        return self._forward_jacobian(x, _detached(self.params()))
 
     def bind(self, raw):
         """Return the transform with the given raw parameters (as produced by :meth:`raw_params`).
@@ -444,7 +466,12 @@ class ConditionedFlow(FlowTransform):
 
     @torch.no_grad()
     def forward_and_jacobian(self, x):
-        return self.module._forward_jacobian(x, self.bound)
+        return self.module._forward_jacobian(x, _detached(self.bound))
+
+    @property
+    def jacobian_structure(self):
+        """The family's: binding parameters does not change the shape of the Jacobian."""
+        return self.module.jacobian_structure
 
     def __repr__(self):
         return f"ConditionedFlow({type(self.module).__name__}, dim={self.dim})"

@@ -88,6 +88,7 @@ class Householder(FlowModule):
     """
 
     volume_preserving = True
+    jacobian_structure = "orthogonal"  # a reflection
 
     def __init__(self, dim, context_dim=0, hidden=(), chained=False, cache_size=1, output_scale="none"):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)

@@ -30,13 +30,15 @@ def _derivative(f, pre):
     return d
 
 
-def _weights_times(w, jac):
-    """``w @ jac`` for a weight matrix ``(H2, H1)`` and the Jacobians of ``N`` draws laid out units first, ``(H1, N, D)``.
+def _rows_times(rows, w):
+    """``rows @ w`` for per-draw rows ``(..., R, H)`` and one weight matrix ``(H, H')``: one ``(H', H) @ (H, N R)`` product.
 
-    One ``(H2, H1) @ (H1, N * D)`` product, where ``torch.matmul`` on per-draw ``(N, H1, D)``
-    Jacobians would broadcast ``w`` and run one small product per draw.
+    ``torch.matmul`` would broadcast ``w`` over the draws and run one small product per draw; of
+    the two orientations of the one product, the wide output is the faster one on the CPU (MKL:
+    115 against 190 us for ``N R = 448``, ``H = 166``, ``H' = 55``).
     """
-    return (w @ jac.reshape(jac.shape[0], -1)).reshape((w.shape[0],) + jac.shape[1:])
+    flat = rows.reshape(-1, rows.shape[-1])
+    return (w.t() @ flat.t()).t().reshape(rows.shape[:-1] + w.shape[-1:])
 
 
 class IAF(NetworkFlowModule):
@@ -144,6 +146,9 @@ class IAF(NetworkFlowModule):
             last.weight.zero_()
             last.bias.zero_()
 
+    #: Output ``i`` reads only the inputs before ``i`` in the (identity) autoregressive order.
+    jacobian_structure = "lower"
+
     @property
     def permutation(self):
         """The autoregressive order of the network (a buffer of ``arn``)."""
@@ -177,50 +182,60 @@ class IAF(NetworkFlowModule):
     def _forward_jacobian(self, x, p):
         r"""``y``, ``dy/dx = diag(sigma) + diag(sigma x) d(log sigma)/dx + d(shift)/dx`` (the gated form: likewise) and ``sum_i d(log sigma_i)/dx``.
 
-        The network's Jacobian is carried through its masked layers and elementwise nonlinearity
-        in the same pass that computes ``m`` and ``s`` (no autograd over ``x``).
+        Both are rows of one product, carried backwards through the network (reverse mode): the
+        coefficients of ``dm/dx`` and ``ds/dx`` in each row of ``J`` (and of ``ds/dx`` in the
+        gradient) meet the last layer's weights first, so each layer costs one
+        ``(N (D + 1), H) @ (H, H')`` product for ``N`` draws, where carrying the network's
+        ``2D x D`` output Jacobian forwards would cost twice that (no autograd over ``x``).
         """
         context = p.get("context")
         if context is not None:
             x, context = broadcast_context(x, context)
         xn = to_network_dtype(x, self.arn)
-        arn = self.arn
-        inp = xn if context is None else torch.cat([to_network_dtype(context, arn).expand(xn.shape[:-1] + context.shape[-1:]), xn], -1)
-        first = inp.shape[-1] - self.dim  # the context's columns come first
-        # the network's Jacobian, units first: (units, N, D) for the N draws (one matrix product per layer)
-        h, jac = inp, None
+        arn, d = self.arn, self.dim
+        inp = xn if context is None else torch.cat([to_network_dtype(context.detach(), arn).expand(xn.shape[:-1] + context.shape[-1:]), xn], -1)
+        first = inp.shape[-1] - d  # the context's columns come first
+        # detached: a torch.jit trace records no grad mode, and the replayed graph would otherwise
+        # record these products for a backward pass that never comes
+        h, hidden = inp, []
         for layer in arn.layers[:-1]:
-            w = layer.weight * layer.mask
-            pre = F.linear(h, w, layer.bias)
-            jac = w[:, first:].unsqueeze(1) if jac is None else _weights_times(w, jac)
+            w = layer.weight.detach() * layer.mask
+            pre = F.linear(h, w, layer.bias.detach())
+            hidden.append((w, pre))
             h = arn.f(pre)
-            jac = _derivative(arn.f, pre).reshape(-1, pre.shape[-1]).t().contiguous().unsqueeze(-1) * jac  # stays (H, N, D)
         last = arn.layers[-1]
-        w = last.weight * last.mask
-        out = F.linear(h, w, last.bias)
-        jac = _weights_times(w, jac)
+        w = last.weight.detach() * last.mask
+        out = F.linear(h, w, last.bias.detach())
+        skip = None
         if arn.skip_layer is not None:
-            ws = arn.skip_layer.weight * arn.skip_layer.mask
-            out = out + F.linear(inp, ws)
-            jac = jac + ws[:, first:].unsqueeze(1)
-        jac = jac.movedim(0, -2).reshape(out.shape + (self.dim,))  # per draw: (..., outputs, D)
-        d = self.dim
-        m, s, jm, js = out[..., :d], out[..., d:], jac[..., :d, :], jac[..., d:, :]
+            skip = arn.skip_layer.weight.detach() * arn.skip_layer.mask
+            out = out + F.linear(inp, skip)
+        m, s = out[..., :d], out[..., d:]
         if self.output_scale != 1.0:
-            m, s, jm, js = (self.output_scale * t for t in (m, s, jm, js))
+            m, s = self.output_scale * m, self.output_scale * s
+        # J = diag(sigma) + diag(cm) dm/dx + diag(cs) ds/dx and grad = gs^T ds/dx, with m, s the raw outputs times output_scale
         if self.stable:
             a = s + self.sigmoid_bias
             sig = torch.sigmoid(a)
             y = torch.exp(-F.softplus(-a)) * x + (1.0 - sig) * m  # as _forward computes it
-            jac = torch.diag_embed(sig) + ((x - m) * sig * (1.0 - sig)).unsqueeze(-1) * js + (1.0 - sig).unsqueeze(-1) * jm
-            grad = ((1.0 - sig).unsqueeze(-1) * js).sum(-2)  # d(-softplus(-a))/da = 1 - sigmoid(a)
+            diag, cm, cs, gs = sig, 1.0 - sig, (x - m) * sig * (1.0 - sig), 1.0 - sig  # d(-softplus(-a))/da = 1 - sigmoid(a)
         else:
-            inside = (s >= self.log_scale_min_clip) & (s <= self.log_scale_max_clip)
-            sigma = torch.exp(torch.clamp(s, self.log_scale_min_clip, self.log_scale_max_clip))
-            y = sigma * x + m
-            jac = torch.diag_embed(sigma) + (sigma * x * inside).unsqueeze(-1) * js + jm
-            grad = (inside.unsqueeze(-1) * js).sum(-2)  # the clamp passes no gradient outside its range
-        return y.to(x.dtype), jac.to(x.dtype), grad.to(x.dtype)
+            inside = ((s >= self.log_scale_min_clip) & (s <= self.log_scale_max_clip)).to(s.dtype)
+            diag = torch.exp(torch.clamp(s, self.log_scale_min_clip, self.log_scale_max_clip))
+            y = diag * x + m
+            cm, cs, gs = torch.ones_like(s), diag * x * inside, inside  # the clamp passes no gradient outside its range
+        scale = self.output_scale  # the coefficients meet the network's weights in the network's dtype
+        cm, cs, gs = ((scale * c if scale != 1.0 else c).to(out.dtype) for c in (cm, cs, gs))
+        rows = lambda w: torch.cat([cm.unsqueeze(-1) * w[:d] + cs.unsqueeze(-1) * w[d:], (gs.unsqueeze(-2) @ w[d:])], -2)
+        back = rows(w)  # (..., D + 1, H) per draw: the rows of J - diag(sigma), then the gradient
+        for i in range(len(hidden) - 1, -1, -1):
+            w, pre = hidden[i]
+            back = back * _derivative(arn.f, pre).unsqueeze(-2)
+            back = _rows_times(back, w[:, first:] if i == 0 else w)
+        if skip is not None:
+            back = back + rows(skip[:, first:])
+        jac = torch.diag_embed(diag) + back[..., :d, :]
+        return y.to(x.dtype), jac.to(x.dtype), back[..., d, :].to(x.dtype)
 
     def _inverse(self, y, p):
         context = p.get("context")

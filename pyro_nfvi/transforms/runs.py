@@ -21,6 +21,7 @@ from .planar import Planar
 
 __all__ = [
     "PlanarRun",
+    "compose_factors",
     "compose_forward",
     "compose_inverse",
     "compose_jacobian",
@@ -125,6 +126,9 @@ class PlanarRun(FlowTransform):
     def forward_and_jacobian(self, x):
         return compose_jacobian(bind_layers(self.layers, self.raws), x)
 
+    def jacobian_factors(self, x):
+        return compose_factors(bind_layers(self.layers, self.raws), x)
+
 
 def plan_layers(layers, raws=None):
     """Split ``layers`` into runs and decide how each part runs: the one dispatch point of a stack.
@@ -217,6 +221,23 @@ def compose_forward(transforms, x):
     return x, total
 
 
+def compose_factors(transforms, x):
+    r"""``(y, factors)``: ``transforms`` applied in order to ``x`` and the Jacobian factors of each (first applied first).
+
+    Each transform contributes its ``jacobian_factors`` (one ``(J_k, g_k, structure_k)`` for a layer,
+    one per layer for a stack); ``None`` if a transform has no closed form.  No graph.
+    """
+    factors = []
+    with torch.no_grad():
+        for transform in transforms:
+            out = transform.jacobian_factors(x)
+            if out is None:
+                return None
+            x = out[0]
+            factors.extend(out[1])
+    return x, factors
+
+
 def compose_jacobian(transforms, x):
     r"""``(y, J, g)``: ``transforms`` applied in order to ``x``, their Jacobian ``(..., D, D)`` and ``g = d log|det J| / dx``.
 
@@ -225,18 +246,14 @@ def compose_jacobian(transforms, x):
     log-determinant at its input.  ``None`` if a transform has no closed form
     (``forward_and_jacobian`` returns ``None``); for no transforms, ``(x, I, 0)``.  No graph.
     """
-    with torch.no_grad():
-        pieces = []
-        for transform in transforms:
-            out = transform.forward_and_jacobian(x)
-            if out is None:
-                return None
-            x = out[0]
-            pieces.append(out[1:])
-        if not pieces:
-            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-            return x, eye.expand(x.shape + x.shape[-1:]), x.new_zeros(x.shape)
-    return (x,) + chain_closed_forms(pieces)
+    out = compose_factors(transforms, x)
+    if out is None:
+        return None
+    y, factors = out
+    if not factors:
+        eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+        return y, eye.expand(y.shape + y.shape[-1:]), y.new_zeros(y.shape)
+    return (y,) + chain_closed_forms(factors)
 
 
 def compose_inverse(transforms, y):

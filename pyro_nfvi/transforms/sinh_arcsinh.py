@@ -65,6 +65,8 @@ class SinhArcsinh(FlowModule):
         (True, torch.Size([1]))
     """
 
+    jacobian_structure = "diagonal"  # elementwise
+
     def __init__(self, dim, context_dim=0, hidden=(), cache_size=1, output_scale="none"):
         super().__init__(dim, context_dim=context_dim, cache_size=cache_size)
         self._build_params(hidden, output_scale)

@@ -12,7 +12,7 @@ from .householder import Householder
 from .iaf import IAF
 from .planar import Planar
 from .radial import Radial
-from .runs import bind_layers, compose_forward, compose_inverse, compose_jacobian, forward_layers, inverse_layers, plan_layers, split_runs
+from .runs import bind_layers, compose_factors, compose_forward, compose_inverse, compose_jacobian, forward_layers, inverse_layers, plan_layers, split_runs
 from .sylvester import Sylvester
 
 __all__ = ["BoundStack", "FlowStack", "Permute", "flow", "FAMILIES", "PERMUTATIONS"]
@@ -42,6 +42,7 @@ class Permute(FlowModule):
     """
 
     volume_preserving = True
+    jacobian_structure = "orthogonal"  # a permutation matrix
 
     def __init__(self, perm, cache_size=1):
         perm = torch.as_tensor(perm, dtype=torch.long)
@@ -123,6 +124,11 @@ class FlowStack(FlowTransform, nn.Module, ConditionalTransform):
         """``(y, J, d log|det J| / dx)`` from the layers' closed forms (``None`` if a layer has none; ``(x, I, 0)`` if empty)."""
         raws = self._packed_raws() if "packed" in self._parameters else None
         return compose_jacobian(bind_layers(self.layers, raws), x)
+
+    def jacobian_factors(self, x):
+        """``(y, factors)``: one factor per layer (see :meth:`FlowTransform.jacobian_factors`); ``(x, [])`` if empty."""
+        raws = self._packed_raws() if "packed" in self._parameters else None
+        return compose_factors(bind_layers(self.layers, raws), x)
 
     # -- packed parameters --------------------------------------------------------------------------
     def pack_parameters(self):
@@ -313,6 +319,9 @@ class BoundStack(FlowTransform):
 
     def forward_and_jacobian(self, x):
         return compose_jacobian(self.layers, x)
+
+    def jacobian_factors(self, x):
+        return compose_factors(self.layers, x)
 
     def __repr__(self):
         return f"BoundStack({', '.join(type(t).__name__ for t in self.layers)}; dim={self.dim})"

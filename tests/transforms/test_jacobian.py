@@ -5,7 +5,14 @@ from pyro.distributions.transforms import LowerCholeskyAffine
 from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from pyro_nfvi.transforms import AffineCoupling, SinhArcsinh, flow
-from pyro_nfvi.transforms.jacobian import autograd_jacobian, chain_jacobian, chain_jacobian_and_log_det_grad, closed_form_jacobian
+from pyro_nfvi.transforms.jacobian import (
+    autograd_jacobian,
+    chain_jacobian,
+    chain_jacobian_and_log_det_grad,
+    closed_form_jacobian,
+    jacobian_factors,
+    push_score,
+)
 
 F64 = torch.float64
 
@@ -13,7 +20,7 @@ F64 = torch.float64
 def randomized(module, scale=0.4):
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(scale * torch.randn_like(p) / max(p.shape[-1], 1) ** 0.5)
+            p.add_(scale * torch.randn_like(p) / max(p.shape[-1] if p.dim() else 1, 1) ** 0.5)
     return module.to(F64)
 
 
@@ -56,6 +63,22 @@ def test_chain_of_closed_forms_equals_autograd(batch):
     assert torch.allclose(grad, torch.autograd.grad(ladj.sum(), x)[0], atol=1e-10)
 
 
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+def test_push_score_through_the_factors_equals_the_solve_with_their_product(batch):
+    """Factor by factor (diagonal, lower, orthogonal, general solves) equals ``J^{-T} (a - g)`` with the whole chain."""
+    dim = 6
+    chain = the_chain(dim)[:3] + [randomized(flow("householder", dim, 2)), randomized(flow("planar", dim, 2))] + the_chain(dim)[3:]
+    x = torch.randn(batch + (dim,), dtype=F64)
+    inputs, _ = inputs_of(chain, x)
+    factors = jacobian_factors(chain, inputs)
+    assert {s for _, _, s in factors} == {"diagonal", "lower", "orthogonal", "general"}
+    score = torch.randn(batch + (dim,), dtype=F64)
+    jac, grad = chain_jacobian_and_log_det_grad(chain, inputs)
+    dense = torch.linalg.solve(jac.transpose(-1, -2), (score - grad).unsqueeze(-1)).squeeze(-1)
+    pushed = push_score(factors, score)
+    assert pushed.shape == batch + (dim,)
+    assert torch.allclose(pushed, dense, atol=1e-10, rtol=1e-9)
+
 
 def test_a_map_without_a_closed_form_gives_none():
     dim = 4
@@ -64,5 +87,6 @@ def test_a_map_without_a_closed_form_gives_none():
     inputs, _ = inputs_of(chain, x)
     assert chain_jacobian(chain, inputs) is None
     assert chain_jacobian_and_log_det_grad(chain, inputs) is None
+    assert jacobian_factors(chain, inputs) is None
     assert closed_form_jacobian(flow("radial", dim, 2), x) is None
     assert closed_form_jacobian(torch.distributions.transforms.ExpTransform(), x) is None

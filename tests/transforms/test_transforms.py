@@ -29,6 +29,7 @@ from pyro_nfvi.transforms import (
     Sylvester,
     flow,
 )
+from pyro_nfvi.transforms.jacobian import chain_closed_forms
 
 CTX = 3  # context size of the amortized cases
 
@@ -222,6 +223,38 @@ def test_closed_form_jacobian_matches_autograd_float64(name, dim, context_dim):
     assert_close(y, t.forward_and_log_det(1.5 * x)[0], atol=1e-12, rtol=1e-12)
     assert_close(jac, jacobian_blocks(t, 1.5 * x), atol=1e-10, rtol=1e-10)
     assert_close(grad, log_det_gradient(t, 1.5 * x), atol=1e-10, rtol=1e-10)
+
+
+def assert_structure(jac, structure):
+    """``jac`` (..., D, D) is what ``structure`` says: lower triangular, diagonal, orthogonal, or anything."""
+    if structure == "lower":
+        assert torch.equal(jac.triu(1), torch.zeros_like(jac))
+    elif structure == "diagonal":
+        assert torch.equal(jac, torch.diag_embed(jac.diagonal(0, -2, -1)))
+    elif structure == "orthogonal":
+        assert_close(jac @ jac.transpose(-1, -2), torch.eye(jac.shape[-1], dtype=jac.dtype).expand(jac.shape), atol=1e-12, rtol=0)
+    else:
+        assert structure == "general"
+
+
+@pytest.mark.parametrize("name,dim,context_dim", cases((1, 5)))
+def test_jacobian_factors_have_their_structure_and_multiply_to_the_jacobian(name, dim, context_dim):
+    """Every factor is what its ``jacobian_structure`` claims at random parameters; their product is ``forward_and_jacobian``'s."""
+    module, t, ctx, x = setup(name, dim, context_dim, batch=(5,))
+    out = t.jacobian_factors(x)
+    if name not in CLOSED_FORM_JACOBIAN:
+        assert out is None
+        return
+    y, factors = out
+    assert_close(y, t.forward_and_log_det(x)[0], atol=1e-12, rtol=1e-12)
+    for jac, _, structure in factors:
+        assert_structure(jac, structure)
+    if not factors:  # the empty stack
+        assert name == "stack-none"
+        return
+    jac, grad = chain_closed_forms(factors)
+    assert_close(jac, jacobian_blocks(t, x), atol=1e-10, rtol=1e-10)
+    assert_close(grad, log_det_gradient(t, x), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["iaf", "iaf-stable", "stack-iaf", "planar", "householder"])
