@@ -216,7 +216,7 @@ def compose_forward(transforms, x):
         total = ladj if total is None else total + ladj
     if total is None:
         return x, x.new_zeros(x.shape[:-1])
-    if total.shape != x.shape[:-1] and not torch.jit.is_tracing():
+    if not torch.jit.is_tracing() and total.shape != x.shape[:-1]:
         total = total.expand(x.shape[:-1])
     return x, total
 

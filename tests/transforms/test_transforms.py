@@ -6,6 +6,7 @@ Maths is checked at *random, non-initial* parameters (``flowcheck.perturb``): hy
 zero-initialised, so without it every amortized flow would be the same map for every context.
 """
 import copy
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -255,6 +256,40 @@ def test_jacobian_factors_have_their_structure_and_multiply_to_the_jacobian(name
     jac, grad = chain_closed_forms(factors)
     assert_close(jac, jacobian_blocks(t, x), atol=1e-10, rtol=1e-10)
     assert_close(grad, log_det_gradient(t, x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name,dim,context_dim", cases((3,), names=sorted(CLOSED_FORM_JACOBIAN - {"stack-none"})))
+def test_closed_form_jacobian_replayed_by_torch_jit_records_no_graph(name, dim, context_dim):
+    """A ``torch.jit`` trace does not record ``no_grad``: the closed forms read detached parameters, so
+    their replay with gradients on builds no autograd graph (and still gives the eager values)."""
+    module, t, ctx, x = setup(name, dim, context_dim, batch=(5,))
+
+    class Closed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = module
+
+        def forward(self, z, context):
+            y, factors = bound(self.module, context).jacobian_factors(z)
+            return (y,) + tuple(tensor for jac, grad, _ in factors for tensor in (jac, grad))
+
+    closed = Closed()
+    context = None if ctx is None else ctx.requires_grad_()
+    inputs = [p for p in closed.parameters()] + ([] if ctx is None else [ctx])
+
+    def replay(z, *inputs):  # the parameters and the context enter the trace as inputs (the same tensors), as under pyro.ops.jit
+        return closed(z, context)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(replay, (x, *inputs), check_trace=False)
+    with torch.jit.optimized_execution(False):
+        replayed = traced(x, *inputs)
+    eager = closed(x, ctx)
+    assert not any(r.requires_grad for r in replayed)
+    assert len(replayed) == len(eager)
+    for r, e in zip(replayed, eager):
+        assert_close(r, e, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["iaf", "iaf-stable", "stack-iaf", "planar", "householder"])
