@@ -67,7 +67,7 @@ def add_parser(subparsers):
     schools = p.add_argument_group("eight schools")
     schools.add_argument("--schools-steps", type=positive_int, default=1000, metavar="N",
                          help="SVI steps of AutoNormal and of the recipe's main run; the recipe adds a warm "
-                              "start of N/2 and 3 probes of max(10, N/10) steps (default: 1000)")
+                              "start of N/2 and 3 probes of max(10, N/20) steps (default: 1000)")
     schools.add_argument("--schools-lr", type=float, default=0.01, metavar="LR",
                          help="AutoNormal's learning rate (the recipe picks its own) (default: 0.01)")
     schools.add_argument("--draws", type=positive_int, default=4000,

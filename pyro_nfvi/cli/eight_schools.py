@@ -177,7 +177,7 @@ def fit_flow(model, *args, flow="iaf", num_flows=4, marginals="sinh_arcsinh", st
     ``benchmarks/results/bayes_sas_1000.md``).
 
     The recipe's warm start takes ``steps // 2`` steps and each of its three learning-rate probes
-    ``max(10, steps // 10)``: its defaults for 600 to 2000 steps, scaled down for the tiny budgets of
+    ``max(10, steps // 20)``: its defaults for 1000 to 2000 steps, scaled down for the tiny budgets of
     a smoke test.  The defaults ``flow="iaf", num_flows=4`` are :class:`~pyro_nfvi.AutoFlowGuide`'s.
 
     Returns:
@@ -185,7 +185,7 @@ def fit_flow(model, *args, flow="iaf", num_flows=4, marginals="sinh_arcsinh", st
         (``{"warm start": n, "probes": n, "main run": n}``); ``FitResult.seconds`` is the wall time.
     """
     guide = AutoFlowGuide(model, flow=flow, num_flows=num_flows, marginals=marginals)
-    warm_start_steps, probe_steps = steps // 2, max(10, steps // 10)
+    warm_start_steps, probe_steps = steps // 2, max(10, steps // 20)
     if progress:  # the warm start has no bar of its own: say what the pause is
         tqdm.write(f"AutoFlowGuide: warm start of the Gaussian base ({warm_start_steps} steps), then the recipe's "
                    "probes and main run", file=sys.stderr)
