@@ -178,3 +178,14 @@ def test_energy_script_resumes_and_writes_the_table(script, tmp_path, capsys):
     assert len(rerun) == len(stored) + 1 and rerun[-1]["command"].endswith("--rerun-diverged")
     with pytest.raises(SystemExit):
         mod["parse_args"](["--final-lr", "0"])
+
+
+def test_step_time_script(script, tmp_path):
+    mod = script("step_time")
+    argv = ["--models", "eight_schools_noncentered", "--modes", "jit", "eager", "--warmup", "2", "--steps", "2",
+            "--rounds", "2", "--particles", "2", "--out", str(tmp_path)]
+    report = mod["main"](mod["parse_args"](argv))
+    assert [(r["model"], r["mode"]) for r in report["rows"]] == [
+        ("eight_schools_noncentered", "jit"), ("eight_schools_noncentered", "eager")]
+    assert all(len(r["ms_per_step"]) == 2 and 0 < r["fastest"] <= r["median"] for r in report["rows"])
+    assert "| eight_schools_noncentered | jit | dreg | 2 |" in (tmp_path / "step_time.md").read_text()
