@@ -226,7 +226,9 @@ class IAF(NetworkFlowModule):
             cm, cs, gs = torch.ones_like(s), diag * x * inside, inside  # the clamp passes no gradient outside its range
         scale = self.output_scale  # the coefficients meet the network's weights in the network's dtype
         cm, cs, gs = ((scale * c if scale != 1.0 else c).to(out.dtype) for c in (cm, cs, gs))
-        rows = lambda w: torch.cat([cm.unsqueeze(-1) * w[:d] + cs.unsqueeze(-1) * w[d:], (gs.unsqueeze(-2) @ w[d:])], -2)
+        def rows(w):  # the coefficients times the rows of w for m (first D) and s (last D)
+            return torch.cat([cm.unsqueeze(-1) * w[:d] + cs.unsqueeze(-1) * w[d:], gs.unsqueeze(-2) @ w[d:]], -2)
+
         back = rows(w)  # (..., D + 1, H) per draw: the rows of J - diag(sigma), then the gradient
         for i in range(len(hidden) - 1, -1, -1):
             w, pre = hidden[i]

@@ -67,7 +67,9 @@ def closed_form_jacobian(transform, x):
                 [0., 3.]])
     """
     factors = _factors(transform, x)
-    return chain_closed_forms(factors)[0] if factors else None
+    if factors is None:
+        return None
+    return chain_closed_forms(factors)[0] if factors else _identity(x)[0]
 
 
 def _factors(transform, x):
@@ -87,6 +89,12 @@ def _factors(transform, x):
         if isinstance(transform, ComposeTransform):
             return jacobian_factors(transform.parts, _inputs(transform.parts, x))
     return None
+
+
+def _identity(x):
+    """``(I, 0)``: the Jacobian and log-determinant gradient of the identity at ``x``."""
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    return eye.expand(x.shape + x.shape[-1:]), x.new_zeros(x.shape)
 
 
 def _inputs(transforms, x):
@@ -148,7 +156,9 @@ def chain_jacobian_and_log_det_grad(transforms, inputs):
         True
     """
     factors = jacobian_factors(transforms, inputs)
-    return None if not factors else chain_closed_forms(factors)
+    if factors is None or not inputs:
+        return None
+    return chain_closed_forms(factors) if factors else _identity(inputs[0])  # only empty stacks: the identity
 
 
 def jacobian_factors(transforms, inputs):

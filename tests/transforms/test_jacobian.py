@@ -90,3 +90,14 @@ def test_a_map_without_a_closed_form_gives_none():
     assert jacobian_factors(chain, inputs) is None
     assert closed_form_jacobian(flow("radial", dim, 2), x) is None
     assert closed_form_jacobian(torch.distributions.transforms.ExpTransform(), x) is None
+
+
+def test_an_empty_stack_is_the_identity():
+    x = torch.randn(3, 4, dtype=F64)
+    empty = flow("none", 4, 0).to(F64)
+    assert torch.equal(closed_form_jacobian(empty, x), torch.eye(4, dtype=F64).expand(3, 4, 4))
+    jac, grad = chain_jacobian_and_log_det_grad([empty], [x])
+    assert torch.equal(jac, torch.eye(4, dtype=F64).expand(3, 4, 4)) and torch.equal(grad, torch.zeros_like(x))
+    assert jacobian_factors([empty], [x]) == []
+    score = torch.randn(3, 4, dtype=F64)
+    assert torch.equal(push_score([], score), score)
