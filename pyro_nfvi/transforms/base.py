@@ -118,7 +118,7 @@ class FlowTransform(Transform):
         """Return ``(x, log|det df/dx|)`` with ``f(x) = y``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement an inverse")
 
-    #: What the ``J`` of :meth:`forward_and_jacobian` is for every input: ``"lower"`` (lower
+    #: What the ``J`` of ``forward_and_jacobian`` is for every input: ``"lower"`` (lower
     #: triangular), ``"diagonal"``, ``"orthogonal"`` or ``"general"``.  A solve with ``J`` may rely on it
     #: (``pyro_nfvi.transforms.jacobian.push_score``); the tests check it on every family.
     jacobian_structure = "general"
@@ -470,7 +470,7 @@ class ConditionedFlow(FlowTransform):
 
     @property
     def jacobian_structure(self):
-        """The family's: binding parameters does not change the shape of the Jacobian."""
+        """The family's structure, since binding parameters does not change the shape of the Jacobian."""
         return self.module.jacobian_structure
 
     def __repr__(self):
