@@ -12,6 +12,7 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 
 from ..nn.encoders import inverse_softplus
 from ..transforms.sinh_arcsinh import SinhArcsinh
+from ..transforms.stack import FlowStack
 from ..transforms.stack import flow as build_flow
 from ..validation import check_choice, check_int, check_positive
 from .base import FlowGuide, check_flow_family, jsonable
@@ -334,8 +335,9 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
                                     centeredness.detach() if detach else centeredness, -min(frames, default=0))
 
     def _transforms(self, args=(), kwargs=None):
-        stack = self.flow_stack
-        parts = [self._affine()] + ([stack] if len(stack) else [])
+        stack = self.__dict__.get("_held_stack")  # fit_base's reduced stack (transforms.FlowStack.reduced)
+        stack = self.flow_stack if stack is None else stack
+        parts = [self._affine()] + ([stack] if not isinstance(stack, FlowStack) or len(stack) else [])
         if self.marginals != "gaussian":
             parts.insert(0, self.marginal_flow)
         if self.preconditioner is not None:
@@ -425,17 +427,27 @@ class AutoFlowGuide(FlowGuide, AutoContinuous):
         optim = torch.optim.Adam(base, lr=lr)
         model = self.user_model
         losses = []
-        for _ in range(num_steps):
-            if jit:  # not JitTrace_ELBO.differentiable_loss, whose gradient is twice the ELBO's (Pyro 1.9)
-                with torch.jit.optimized_execution(False):  # TorchScript's plain interpreter: faster here
-                    loss, surrogate = elbo.loss_and_surrogate_loss(model, self, *args, **kwargs)
-            else:
-                loss = surrogate = elbo.differentiable_loss(model, self, *args, **kwargs)
-            # gradients of the Gaussian only: nothing accumulates in the flow's .grad
-            for p, g in zip(base, torch.autograd.grad(surrogate, base)):
-                p.grad = g
-            optim.step()
-            losses.append(loss.item())
+        # the flow is held: while it is a permutation or the identity (an IAF stack until it trains),
+        # its reduced form gives the same draws and densities to the bit, without the networks
+        # (only when that is another object: the stack itself is read through PyroModule, as its parameters must be)
+        stack = self.flow_stack
+        reduced = stack.reduced()
+        if reduced is not stack:
+            self.__dict__["_held_stack"] = reduced
+        try:
+            for _ in range(num_steps):
+                if jit:  # not JitTrace_ELBO.differentiable_loss, whose gradient is twice the ELBO's (Pyro 1.9)
+                    with torch.jit.optimized_execution(False):  # TorchScript's plain interpreter: faster here
+                        loss, surrogate = elbo.loss_and_surrogate_loss(model, self, *args, **kwargs)
+                else:
+                    loss = surrogate = elbo.differentiable_loss(model, self, *args, **kwargs)
+                # gradients of the Gaussian only: nothing accumulates in the flow's .grad
+                for p, g in zip(base, torch.autograd.grad(surrogate, base)):
+                    p.grad = g
+                optim.step()
+                losses.append(loss.item())
+        finally:
+            self.__dict__.pop("_held_stack", None)
         for p in base:
             p.grad = None
         return losses

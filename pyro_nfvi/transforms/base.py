@@ -131,6 +131,10 @@ class FlowTransform(Transform):
         """
         return None
 
+    def is_identity(self):
+        """Whether the map is exactly the identity for every input at the current parameters (``False`` where that is not known)."""
+        return False
+
     def jacobian_factors(self, x):
         r"""``(f(x), [(J_1, g_1, structure_1), ...])``: the closed-form Jacobian as factors, first applied first; ``None`` where there is none.
 

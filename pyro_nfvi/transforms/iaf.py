@@ -149,6 +149,16 @@ class IAF(NetworkFlowModule):
     #: Output ``i`` reads only the inputs before ``i`` in the (identity) autoregressive order.
     jacobian_structure = "lower"
 
+    def is_identity(self):
+        """Whether the layer is exactly the identity: the affine form with its last layer zero (as initialised).
+
+        Then ``m = s = 0`` for every input and context, and ``y = exp(0) x + 0 = x`` to the bit; the
+        gated form is not the identity (its gate starts at ``sigmoid(sigmoid_bias)``).
+        """
+        last = self.arn.layers[-1]
+        return (not self.stable and self.arn.skip_layer is None
+                and not bool(last.weight.detach().any()) and not bool(last.bias.detach().any()))
+
     @property
     def permutation(self):
         """The autoregressive order of the network (a buffer of ``arn``)."""

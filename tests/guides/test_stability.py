@@ -17,7 +17,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyro_nfvi import AutoFlowGuide
 from pyro_nfvi.targets.bayes import eight_schools
-from pyro_nfvi.transforms import IAF, AffineCoupling
+from pyro_nfvi.transforms import IAF, AffineCoupling, FlowStack, Permute, flow
 
 
 def _fit(guide, model, args, lr, steps):
@@ -56,6 +56,39 @@ def test_fit_base_warm_starts_the_gaussian_and_leaves_the_flow(family):
     _fit(reference, model, args, lr=0.05, steps=300)
     pyro.set_rng_seed(1)
     assert warm < elbo.loss(model, reference, *args) + 1.0, (warm, losses[-5:])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_fit_base_runs_an_untrained_iaf_stack_as_one_permutation_with_the_same_result(jit, monkeypatch):
+    """The held IAF stack is the identity between permutations: ``fit_base`` runs its reduced form
+    (``FlowStack.reduced``), and trains the base exactly as through the whole stack."""
+    model, args = eight_schools()
+    runs = []
+    for reduce in (True, False):
+        if not reduce:
+            monkeypatch.setattr(FlowStack, "reduced", lambda self: self)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoFlowGuide(model, flow="iaf", num_flows=3, model_args=args)
+        assert isinstance(guide.flow_stack.reduced(), Permute) == reduce
+        losses = guide.fit_base(*args, num_steps=40, lr=0.05, jit=jit)
+        runs.append((losses, guide.loc.detach().clone(), guide.scale_raw.detach().clone()))
+        assert "_held_stack" not in guide.__dict__
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[0][2], runs[1][2])
+
+
+def test_a_trained_or_gated_iaf_stack_is_not_reduced():
+    stack = flow("iaf", 4, num_flows=2)
+    assert isinstance(stack.reduced(), Permute)
+    gated = flow("iaf", 4, num_flows=2, stable=True)
+    assert gated.reduced() is gated
+    with torch.no_grad():
+        stack.layers[0].arn.layers[-1].bias[0] = 1e-3
+    assert stack.reduced() is stack
+    planar = flow("planar", 4, num_flows=2)
+    assert planar.reduced() is planar
+    assert len(flow("none", 4, 0).reduced()) == 0
 
 
 @pytest.mark.parametrize("make", [lambda scale: IAF(5, output_scale=scale),
